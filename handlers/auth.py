@@ -1,0 +1,77 @@
+"""Register, log in, refresh, log out."""
+
+from aiohttp import web
+from aiohttp_apigami import docs, request_schema, response_schema
+
+from server.authenticator import auth_required, parse_object_id
+from server.keys import accounts_key, principal_key, sessions_key, settings_key, validated_key
+from server.openapi import BEARER, error_responses
+from server.schemas import LoginSchema, RefreshSchema, RegisterSchema, TokenPairSchema, UserSchema
+
+
+def client_address(request: web.Request) -> str:
+    """The caller's address; behind a trusted proxy, the last hop it appended to X-Forwarded-For."""
+    if request.app[settings_key].trust_forwarded_for:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if hops:
+            return hops[-1]
+    return request.remote or "unknown"
+
+
+@docs(tags=["auth"], summary="Create an account", responses=error_responses(400, 409, 413, 422))
+@request_schema(RegisterSchema)
+@response_schema(UserSchema, 201)
+async def register(request: web.Request) -> web.Response:
+    data = request[validated_key]
+    user = await request.app[accounts_key].register(**data)
+    return web.json_response(user.public(), status=201)
+
+
+@docs(tags=["auth"], summary="Log in with email and password", responses=error_responses(400, 401, 403, 422, 429))
+@request_schema(LoginSchema)
+@response_schema(TokenPairSchema, 200)
+async def login(request: web.Request) -> web.Response:
+    data = request[validated_key]
+    pair = await request.app[sessions_key].login(
+        data["email"], data["password"], client_address(request), request.headers.get("User-Agent")
+    )
+    return web.json_response(pair.body())
+
+
+@docs(tags=["auth"], summary="Rotate a refresh token", responses=error_responses(400, 401, 422))
+@request_schema(RefreshSchema)
+@response_schema(TokenPairSchema, 200)
+async def refresh(request: web.Request) -> web.Response:
+    pair = await request.app[sessions_key].refresh(request[validated_key]["refresh_token"])
+    return web.json_response(pair.body())
+
+
+@docs(
+    tags=["auth"],
+    summary="Log out: the refresh token and the calling access token stop working",
+    security=BEARER,
+    responses={204: {"description": "Logged out"}, **error_responses(400, 401, 422)},
+)
+@request_schema(RefreshSchema)
+@auth_required
+async def logout(request: web.Request) -> web.Response:
+    principal = request[principal_key]
+    await request.app[sessions_key].logout(
+        request[validated_key]["refresh_token"], principal.user_id, principal.session_id
+    )
+    return web.Response(status=204)
+
+
+@docs(
+    tags=["auth"],
+    summary="Log out everywhere: every token of the caller stops working",
+    security=BEARER,
+    responses={204: {"description": "Logged out everywhere"}, **error_responses(401)},
+)
+@auth_required
+async def logout_all(request: web.Request) -> web.Response:
+    user_id = parse_object_id(request[principal_key].user_id)
+    assert user_id is not None  # it came from a token this server signed
+    await request.app[sessions_key].revoke_all(user_id)
+    return web.Response(status=204)

@@ -1,0 +1,103 @@
+"""The caller's own account, and every account for admins."""
+
+from aiohttp import web
+from aiohttp_apigami import docs, match_info_schema, querystring_schema, request_schema, response_schema
+
+from server.authenticator import admin_required, auth_required
+from server.errors import Forbidden
+from server.keys import accounts_key, path_key, principal_key, validated_key
+from server.openapi import BEARER, error_responses
+from server.schemas import AdminUpdateUserSchema, UpdateMeSchema, UserIdSchema, UserListQuerySchema, UserPageSchema, UserSchema
+
+
+@docs(tags=["users"], summary="The caller's account", security=BEARER, responses=error_responses(401))
+@response_schema(UserSchema, 200)
+@auth_required
+async def get_me(request: web.Request) -> web.Response:
+    # Served from the authenticator's cache, which is dropped whenever this user changes.
+    return web.Response(body=request[principal_key].public_json, content_type="application/json")
+
+
+@docs(
+    tags=["users"],
+    summary="Change the caller's account",
+    description="Changing email or password requires current_password. A password change ends every session.",
+    security=BEARER,
+    responses=error_responses(400, 401, 403, 409, 413, 422),
+)
+@request_schema(UpdateMeSchema)
+@response_schema(UserSchema, 200)
+@auth_required
+async def patch_me(request: web.Request) -> web.Response:
+    accounts = request.app[accounts_key]
+    changes = dict(request[validated_key])
+    current_password = changes.pop("current_password", None)
+    user = await accounts.get(request[principal_key].user_id)
+    user = await accounts.update_self(user, changes, current_password)
+    return web.json_response(user.public())
+
+
+@docs(tags=["users"], summary="List and search accounts (admin)", security=BEARER, responses=error_responses(401, 403, 422))
+@querystring_schema(UserListQuerySchema)
+@response_schema(UserPageSchema, 200)
+@admin_required
+async def list_users(request: web.Request) -> web.Response:
+    query = request[validated_key]
+    page = await request.app[accounts_key].list(
+        query=query.get("q"),
+        before=query.get("before"),
+        limit=query["limit"],
+        is_active=query.get("is_active"),
+        is_admin=query.get("is_admin"),
+    )
+    return web.json_response({"items": [user.public() for user in page.items], "next_before": page.next_before})
+
+
+@docs(
+    tags=["users"],
+    summary="One account (admins, or the user themselves)",
+    security=BEARER,
+    responses=error_responses(401, 403, 404, 422),
+)
+@match_info_schema(UserIdSchema, put_into=path_key)  # type: ignore[arg-type]
+@response_schema(UserSchema, 200)
+@auth_required
+async def get_user(request: web.Request) -> web.Response:
+    principal = request[principal_key]
+    user_id = request[path_key]["user_id"]
+    if not principal.is_admin and user_id != principal.user_id:
+        raise Forbidden("You may only read your own account.")
+    user = await request.app[accounts_key].get(user_id)
+    return web.json_response(user.public())
+
+
+@docs(
+    tags=["users"],
+    summary="Change an account, including is_active and is_admin (admin)",
+    security=BEARER,
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422),
+)
+@match_info_schema(UserIdSchema, put_into=path_key)  # type: ignore[arg-type]
+@request_schema(AdminUpdateUserSchema)
+@response_schema(UserSchema, 200)
+@admin_required
+async def patch_user(request: web.Request) -> web.Response:
+    accounts = request.app[accounts_key]
+    user = await accounts.get(request[path_key]["user_id"])
+    user = await accounts.update_by_admin(user, dict(request[validated_key]))
+    return web.json_response(user.public())
+
+
+@docs(
+    tags=["users"],
+    summary="Delete an account (admin)",
+    security=BEARER,
+    responses={204: {"description": "Deleted"}, **error_responses(401, 403, 404, 409, 422)},
+)
+@match_info_schema(UserIdSchema, put_into=path_key)  # type: ignore[arg-type]
+@admin_required
+async def delete_user(request: web.Request) -> web.Response:
+    accounts = request.app[accounts_key]
+    await accounts.delete(await accounts.get(request[path_key]["user_id"]))
+    return web.Response(status=204)
+

@@ -1,0 +1,169 @@
+"""User accounts: register, change, list, delete; the rules live here and nowhere else."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.errors import OperationFailure
+
+from documents import Session, User
+from documents.user import email_key, username_key
+from server.authenticator import Authenticator, parse_object_id
+from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.security import Passwords
+from server.sessions import SessionService
+
+# Fields a user may change about themselves; is_admin and is_active are never among them.
+SELF_FIELDS = frozenset({"email", "username", "full_name", "bio", "password"})
+ADMIN_FIELDS = SELF_FIELDS | {"is_active", "is_admin"}
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[User]
+    next_before: str | None
+
+
+@dataclass(frozen=True)
+class AccountService:
+    passwords: Passwords
+    sessions: SessionService
+    authenticator: Authenticator
+
+    async def register(
+        self, *, email: str, username: str, password: str, full_name: str | None = None, is_admin: bool = False
+    ) -> User:
+        user = User(
+            email=email.strip(),
+            username=username.strip(),
+            email_key=email_key(email),
+            username_key=username_key(username),
+            password_hash=await self.passwords.hash(password),
+            full_name=full_name,
+            is_admin=is_admin,
+        )
+        await self._unique_write(user, user.insert)
+        return user
+
+    async def get(self, user_id: str) -> User:
+        oid = parse_object_id(user_id)
+        user = await User.get(oid) if oid is not None else None
+        if user is None:
+            raise NotFound("No such user.")
+        return user
+
+    async def update_self(self, user: User, changes: dict[str, Any], current_password: str | None) -> User:
+        """A user changes their own profile; email and password changes need the current password."""
+        if not changes.keys() <= SELF_FIELDS:
+            raise ValidationFailed(details={field: ["Unknown field."] for field in changes.keys() - SELF_FIELDS})
+        if {"email", "password"} & changes.keys():
+            if current_password is None:
+                raise ValidationFailed(
+                    "Changing email or password requires current_password.",
+                    details={"current_password": ["Missing data for required field."]},
+                )
+            matches, _ = await self.passwords.verify(user.password_hash, current_password)
+            if not matches:
+                raise Forbidden("current_password is incorrect.")
+        return await self._apply(user, changes)
+
+    async def update_by_admin(self, user: User, changes: dict[str, Any]) -> User:
+        if not changes.keys() <= ADMIN_FIELDS:
+            raise ValidationFailed(details={field: ["Unknown field."] for field in changes.keys() - ADMIN_FIELDS})
+        loses_admin = changes.get("is_active") is False or changes.get("is_admin") is False
+        if loses_admin and user.is_admin and user.is_active:
+            await self._keep_an_admin(user)
+        return await self._apply(user, changes)
+
+    async def delete(self, user: User) -> None:
+        if user.is_admin and user.is_active:
+            await self._keep_an_admin(user)
+        assert user.id is not None
+        await Session.find({"user_id": user.id}).delete()
+        await user.delete()
+        await self.authenticator.user_changed(str(user.id))
+
+    async def list(
+        self,
+        *,
+        query: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+        is_active: bool | None = None,
+        is_admin: bool | None = None,
+    ) -> Page:
+        """Newest first, keyset-paginated on _id; `query` matches the start of the email or the username."""
+        conditions: dict[str, Any] = {}
+        if before is not None:
+            oid = parse_object_id(before)
+            if oid is None:
+                raise ValidationFailed(details={"before": ["Not a valid id."]})
+            conditions["_id"] = {"$lt": oid}
+        if query:
+            prefix = {"$regex": "^" + re.escape(query.strip().casefold())}
+            conditions["$or"] = [{"email_key": prefix}, {"username_key": prefix}]
+        if is_active is not None:
+            conditions["is_active"] = is_active
+        if is_admin is not None:
+            conditions["is_admin"] = is_admin
+        users = await User.find(conditions).sort([("_id", -1)]).limit(limit + 1).to_list()
+        more = len(users) > limit
+        users = users[:limit]
+        return Page(users, str(users[-1].id) if more else None)
+
+    async def _apply(self, user: User, changes: dict[str, Any]) -> User:
+        assert user.id is not None
+        update: dict[str, Any] = {k: v for k, v in changes.items() if k not in {"password", "email", "username"}}
+        if "email" in changes:
+            update["email"] = changes["email"].strip()
+            update["email_key"] = email_key(changes["email"])
+        if "username" in changes:
+            update["username"] = changes["username"].strip()
+            update["username_key"] = username_key(changes["username"])
+        if "password" in changes:
+            update["password_hash"] = await self.passwords.hash(changes["password"])
+        revokes = "password" in changes or (changes.get("is_active") is False and user.is_active)
+        update["updated_at"] = datetime.now(UTC)
+        for field, value in update.items():
+            setattr(user, field, value)
+        await self._unique_write(user, lambda: User.find_one({"_id": user.id}).update({"$set": update}))
+        if revokes:
+            await self.sessions.revoke_all(user.id)
+            user.token_version += 1
+        else:
+            await self.authenticator.user_changed(str(user.id))
+        return user
+
+    async def _keep_an_admin(self, leaving: User) -> None:
+        """Refuse a change that would leave no active admin."""
+        others = await User.find({"is_admin": True, "is_active": True, "_id": {"$ne": leaving.id}}).count()
+        if others == 0:
+            raise Conflict("This would leave no active administrator.")
+
+    async def _unique_write(self, user: User, write: Callable[[], Awaitable[Any]]) -> None:
+        """Run a write guarded by the unique indexes and turn a violation into 409 naming the field.
+
+        MongoDB reports E11000 (DuplicateKeyError); FerretDB reports an update's violation as a generic
+        error, and neither is relied on to name the index: the conflicting field is looked up instead.
+        """
+        try:
+            await write()
+        except OperationFailure:
+            field = await self._taken_field(user)
+            if field is None:
+                raise
+            raise Conflict(f"This {field} is already taken.", details={"field": field}) from None
+
+    @staticmethod
+    async def _taken_field(user: User) -> str | None:
+        others: dict[str, Any] = {"_id": {"$ne": user.id}} if user.id is not None else {}
+        if await User.find({"email_key": user.email_key, **others}).count():
+            return "email"
+        if await User.find({"username_key": user.username_key, **others}).count():
+            return "username"
+        return None
+

@@ -1,0 +1,163 @@
+"""The application factory: `create_app(settings)` does no I/O; resources open in cleanup contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp_apigami import validation_middleware
+from beanie import init_beanie
+from pymongo import AsyncMongoClient
+
+from documents import ALL_DOCUMENTS
+from server.accounts import AccountService
+from server.authenticator import Authenticator
+from server.keys import (
+    accounts_key,
+    authenticator_key,
+    broker_key,
+    hash_executor_key,
+    limiter_key,
+    mongo_key,
+    passwords_key,
+    redis_key,
+    sessions_key,
+    settings_key,
+    tokens_key,
+)
+from server.middlewares import auth_middleware, error_middleware, request_id_middleware, security_headers
+from server.openapi import setup_openapi
+from server.pubsub import MemoryBroker, RedisBroker
+from server.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from server.routes import setup_routes
+from server.security import Passwords, Tokens
+from server.sessions import SessionService
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SESSION_SWEEP_SECONDS = 3600
+
+
+async def _retry_until_ready(what: str, probe: object, timeout: float) -> None:
+    """Wait for a dependency at start with bounded retries, so `make run` and containers start in any order."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    delay = 0.1
+    while True:
+        try:
+            await probe()  # type: ignore[operator]
+            return
+        except Exception as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise RuntimeError(f"{what} did not answer within {timeout:.0f}s: {exc}") from exc
+            log.warning("waiting for %s: %s", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    client: AsyncMongoClient = AsyncMongoClient(
+        settings.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=5000, appname="tidings"
+    )
+    try:
+        await _retry_until_ready("MongoDB", lambda: client.admin.command("ping"), settings.startup_timeout)
+        await init_beanie(database=client[settings.mongodb_db], document_models=ALL_DOCUMENTS)
+        app[mongo_key] = client
+        yield
+    finally:
+        await client.close()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Redis for rate limits and fan-out; without REDIS_URL, in-process stand-ins for a single process."""
+    settings = app[settings_key]
+    if settings.redis_url is None:
+        app[limiter_key] = MemoryRateLimiter()
+        app[broker_key] = MemoryBroker()
+        yield
+        return
+    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+    try:
+        await _retry_until_ready("Redis", client.ping, settings.startup_timeout)
+        app[redis_key] = client
+        app[limiter_key] = RedisRateLimiter(client, settings.redis_prefix)
+        app[broker_key] = RedisBroker(settings.redis_url, settings.redis_prefix, client)
+        yield
+    finally:
+        await client.aclose()
+
+
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The service objects handlers call, and the thread pool that hashes passwords."""
+    settings = app[settings_key]
+    executor = ThreadPoolExecutor(settings.password_hash_threads, thread_name_prefix="argon2")
+    app[hash_executor_key] = executor
+    passwords = Passwords(settings, executor)
+    app[passwords_key] = passwords
+    authenticator = Authenticator(app[tokens_key], app[broker_key])
+    app[authenticator_key] = authenticator
+    sessions = SessionService(settings, passwords, app[tokens_key], app[limiter_key], authenticator)
+    app[sessions_key] = sessions
+    app[accounts_key] = AccountService(passwords, sessions, authenticator)
+    yield
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the process's one subscription for the app's lifetime; cancelled and awaited on the way out."""
+    task = asyncio.create_task(app[broker_key].run(), name="broker")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def session_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Delete expired sessions periodically (FerretDB lacks TTL indexes)."""
+
+    async def sweep() -> None:
+        while True:
+            try:
+                deleted = await app[sessions_key].delete_expired()
+                if deleted:
+                    log.info("deleted expired sessions", extra={"count": deleted})
+            except Exception:
+                log.exception("session sweep failed")
+            await asyncio.sleep(SESSION_SWEEP_SECONDS)
+
+    task = asyncio.create_task(sweep(), name="session-sweeper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the application; nothing is opened until it starts."""
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware, auth_middleware, validation_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[settings_key] = settings
+    app[tokens_key] = Tokens(settings)
+    # Order matters: each context uses what the ones before it opened, and they close in reverse.
+    app.cleanup_ctx.extend([mongo_ctx, redis_ctx, services_ctx, broker_ctx, session_sweeper_ctx])
+    app.on_response_prepare.append(security_headers)
+    setup_routes(app)
+    setup_openapi(app)
+    return app
+
+
+async def app_factory() -> web.Application:
+    """Entry point for gunicorn's aiohttp worker: settings from the environment."""
+    from server.logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,183 @@
+"""Checks access tokens on every request: fast from a per-process cache, yet revocation is immediate.
+
+What a request needs: a valid signature and expiry (a pure function of the token, cached by token string),
+and that neither its session nor its user was revoked or deactivated since (cached per session and per user,
+dropped on every change by an invalidation message through the broker). The cache is only trusted while the
+broker's subscription is live; while it is down every request reads MongoDB.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from beanie import PydanticObjectId
+from bson.errors import InvalidId
+
+from documents import Session, User
+from server.errors import InvalidToken
+from server.pubsub import Broker
+from server.security import Claims, InvalidTokenError, Tokens
+
+log = logging.getLogger(__name__)
+
+AUTH_TOPIC = "auth"
+Role = Literal["user", "admin"]
+AUTH_ROLE_ATTR = "__tidings_role__"
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def auth_required(handler: Handler) -> Handler:
+    """Mark a handler as needing a valid access token; the auth middleware enforces it."""
+    setattr(handler, AUTH_ROLE_ATTR, "user")
+    return handler
+
+
+def admin_required(handler: Handler) -> Handler:
+    """Mark a handler as needing an admin's access token."""
+    setattr(handler, AUTH_ROLE_ATTR, "admin")
+    return handler
+
+
+def required_role(handler: object) -> Role | None:
+    role: Role | None = getattr(handler, AUTH_ROLE_ATTR, None)
+    return role
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """What authentication needs to know about a user, and the public JSON of /users/me."""
+
+    is_active: bool
+    is_admin: bool
+    token_version: int
+    public_json: bytes
+
+    @classmethod
+    def of(cls, user: User) -> UserState:
+        return cls(user.is_active, user.is_admin, user.token_version, json.dumps(user.public()).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of a request."""
+
+    user_id: str
+    session_id: str
+    is_admin: bool
+    public_json: bytes
+    token_expires_at: float
+
+
+def parse_object_id(value: str) -> PydanticObjectId | None:
+    try:
+        return PydanticObjectId(value)
+    except (InvalidId, TypeError, ValueError):
+        return None
+
+
+class Authenticator:
+    """Turns an access token into a Principal, or raises InvalidToken."""
+
+    def __init__(self, tokens: Tokens, broker: Broker, max_entries: int = 100_000) -> None:
+        self._tokens = tokens
+        self._broker = broker
+        self._max_entries = max_entries
+        self._claims: dict[str, Claims] = {}
+        self._users: dict[str, UserState] = {}
+        self._sessions: dict[str, float] = {}  # live session id -> its expiry
+        # Bumped by every invalidation, so a read that raced with one is not cached.
+        self._generation = 0
+        broker.subscribe(AUTH_TOPIC, self._on_message)
+        broker.on_connect(self.clear)
+        broker.on_disconnect(self.clear)
+
+    async def authenticate(self, token: str) -> Principal:
+        claims = self._claims.get(token)
+        if claims is None:
+            try:
+                claims = self._tokens.decode("access", token)
+            except InvalidTokenError:
+                raise InvalidToken() from None
+            self._remember(self._claims, token, claims)
+        if claims.expires_at <= time.time():
+            self._claims.pop(token, None)
+            raise InvalidToken("The access token has expired.")
+        user = await self.user_state(claims.user_id)
+        if user is None or not user.is_active or user.token_version != claims.version:
+            raise InvalidToken()
+        if not await self._session_live(claims.session_id, claims.user_id):
+            raise InvalidToken()
+        return Principal(claims.user_id, claims.session_id, user.is_admin, user.public_json, claims.expires_at)
+
+    async def user_state(self, user_id: str) -> UserState | None:
+        cached = self._users.get(user_id) if self._broker.connected else None
+        if cached is not None:
+            return cached
+        generation = self._generation
+        oid = parse_object_id(user_id)
+        user = await User.get(oid) if oid is not None else None
+        if user is None:
+            return None
+        state = UserState.of(user)
+        if self._broker.connected and generation == self._generation:
+            self._remember(self._users, user_id, state)
+        return state
+
+    async def _session_live(self, session_id: str, user_id: str) -> bool:
+        now = time.time()
+        expires_at = self._sessions.get(session_id) if self._broker.connected else None
+        if expires_at is not None:
+            return expires_at > now
+        generation = self._generation
+        oid, uid = parse_object_id(session_id), parse_object_id(user_id)
+        if oid is None or uid is None:
+            return False
+        session = await Session.find_one({"_id": oid, "user_id": uid, "revoked_at": None})
+        if session is None:
+            return False
+        expiry = session.expires_at.timestamp()
+        if self._broker.connected and generation == self._generation:
+            self._remember(self._sessions, session_id, expiry)
+        return expiry > now
+
+    def _remember(self, cache: dict[str, Any], key: str, value: Any) -> None:
+        if len(cache) >= self._max_entries:
+            # Insertion order approximates age; dropping the oldest tenth keeps this O(1) amortised.
+            for stale in list(cache)[: self._max_entries // 10 or 1]:
+                del cache[stale]
+        cache[key] = value
+
+    # Invalidation: called after the database changed, here and (through the broker) in every other process.
+
+    async def user_changed(self, user_id: str) -> None:
+        await self._invalidate(b"u:" + user_id.encode())
+
+    async def session_revoked(self, session_id: str) -> None:
+        await self._invalidate(b"s:" + session_id.encode())
+
+    async def _invalidate(self, message: bytes) -> None:
+        self._on_message(message)
+        try:
+            await self._broker.publish(AUTH_TOPIC, message)
+        except Exception as exc:
+            # Other processes lost Redis too and so do not trust their caches; nothing is served stale.
+            log.warning("could not publish an auth invalidation: %s", exc)
+
+    def _on_message(self, message: bytes) -> None:
+        self._generation += 1
+        kind, _, key = message.decode().partition(":")
+        if kind == "u":
+            self._users.pop(key, None)
+        elif kind == "s":
+            self._sessions.pop(key, None)
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._users.clear()
+        self._sessions.clear()
+

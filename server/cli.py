@@ -1,0 +1,99 @@
+"""The `tidings` command: `serve` runs the server, `create-admin` creates or promotes an administrator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvloop
+from aiohttp import web
+from marshmallow import ValidationError
+
+from documents import User
+from documents.user import email_key
+from server.app import create_app
+from server.errors import ApiError
+from server.keys import accounts_key
+from server.logs import AccessLogger, configure_logging
+from server.schemas import RegisterSchema
+from server.settings import Settings, SettingsError
+
+log = logging.getLogger("tidings")
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        access_log=logging.getLogger("tidings.access") if settings.access_log else None,
+        access_log_class=AccessLogger,
+        print=lambda message: log.info(message.strip()),
+        shutdown_timeout=10,
+        loop=uvloop.new_event_loop(),
+    )
+
+
+def read_password(stdin_is_tty: bool) -> str:
+    """From a prompt on a terminal, else the first line of standard input; never from argv."""
+    if stdin_is_tty:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Password (again): "):
+            raise SystemExit("The passwords do not match.")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def create_admin(settings: Settings, email: str, username: str, password: str | None) -> str:
+    """Create the account as an admin, or promote (and reactivate) the account with that email.
+
+    Runs the app's start-up without listening, so the same account rules apply as for the API.
+    """
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    try:
+        accounts = runner.app[accounts_key]
+        user = await User.find_one(User.email_key == email_key(email))
+        if user is not None:
+            await accounts.update_by_admin(user, {"is_admin": True, "is_active": True})
+            return f"promoted {user.email} to admin"
+        try:
+            data = RegisterSchema().load({"email": email, "username": username, "password": password or ""})
+        except ValidationError as exc:
+            raise SystemExit(f"tidings: invalid input: {exc.messages}") from None
+        user = await accounts.register(**data, is_admin=True)
+        return f"created admin {user.email}"
+    except ApiError as exc:
+        raise SystemExit(f"tidings: {exc.message}") from None
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tidings", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the HTTP server")
+    serve_parser.add_argument("--host", help="address to listen on (default: TIDINGS_HOST or 127.0.0.1)")
+    serve_parser.add_argument("--port", type=int, help="port to listen on (default: TIDINGS_PORT or 8080)")
+    admin_parser = commands.add_parser(
+        "create-admin", help="create an admin, or promote an existing user; the password is read from a prompt or stdin"
+    )
+    admin_parser.add_argument("--email", required=True)
+    admin_parser.add_argument("--username", required=True)
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        raise SystemExit(f"tidings: {exc}") from None
+    configure_logging(settings.log_level)
+
+    if args.command == "serve":
+        serve(settings, args.host or settings.host, args.port or settings.port)
+    elif args.command == "create-admin":
+        password = read_password(sys.stdin.isatty())
+        print(asyncio.run(create_admin(settings, args.email, args.username, password or None)))

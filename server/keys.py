@@ -1,0 +1,34 @@
+"""Typed keys for everything the app and its requests carry."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from pymongo import AsyncMongoClient
+
+from server.accounts import AccountService
+from server.authenticator import Authenticator, Principal
+from server.pubsub import Broker
+from server.ratelimit import RateLimiter
+from server.security import Passwords, Tokens
+from server.sessions import SessionService
+from server.settings import Settings
+
+settings_key = web.AppKey("settings", Settings)
+mongo_key = web.AppKey("mongo", AsyncMongoClient)
+redis_key = web.AppKey("redis", aioredis.Redis)
+broker_key = web.AppKey("broker", Broker)
+limiter_key = web.AppKey("limiter", RateLimiter)
+hash_executor_key = web.AppKey("hash_executor", ThreadPoolExecutor)
+passwords_key = web.AppKey("passwords", Passwords)
+tokens_key = web.AppKey("tokens", Tokens)
+authenticator_key = web.AppKey("authenticator", Authenticator)
+sessions_key = web.AppKey("sessions", SessionService)
+accounts_key = web.AppKey("accounts", AccountService)
+
+request_id_key = web.RequestKey("request_id", str)
+principal_key = web.RequestKey("principal", Principal)
+# Where aiohttp-apigami's validation middleware puts the validated body, query or path.
+validated_key = web.RequestKey("validated", dict)
+# Where it puts validated path parameters of handlers that also validate a body.
+path_key = web.RequestKey("path", dict)

@@ -1,0 +1,107 @@
+"""Request id, JSON errors and authentication, applied to every request in that order."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from server.authenticator import required_role
+from server.errors import ApiError, Forbidden, NotAuthenticated
+from server.keys import authenticator_key, principal_key, request_id_key
+from server.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+# Codes for the HTTP errors aiohttp itself raises (routing, body size) before any handler runs.
+_HTTP_ERROR_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+}
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id (a sane incoming X-Request-ID is kept) for its log lines and its response."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request[request_id_key] = request_id
+    token = request_id_var.set(request_id)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        # Redirects and other non-error exceptions raised by handlers still carry the id.
+        exc.headers["X-Request-ID"] = request_id
+        raise
+    finally:
+        request_id_var.reset(token)
+    response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return web.json_response({"error": error}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure as {"error": {"code", "message", "details"?}}; never a stack trace."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = web.json_response(exc.body(), status=exc.status)
+        response.headers.update(exc.headers)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(exc.status, _HTTP_ERROR_CODES.get(exc.status, "http_error"), exc.reason)
+        for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Enforce @auth_required / @admin_required before the body is even parsed."""
+    role = required_role(request.match_info.handler)
+    if role is None:
+        return await handler(request)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise NotAuthenticated("A bearer access token is required.")
+    principal = await request.app[authenticator_key].authenticate(token.strip())
+    if role == "admin" and not principal.is_admin:
+        raise Forbidden("Administrators only.")
+    request[principal_key] = principal
+    return await handler(request)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: headers every response carries."""
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")

@@ -1,0 +1,25 @@
+"""Every route of the app, in one place."""
+
+from aiohttp import web
+
+from handlers import auth, health, users
+
+API = "/api/v1"
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/health/live", health.live)
+    app.router.add_get("/health/ready", health.ready)
+
+    app.router.add_post(f"{API}/auth/register", auth.register)
+    app.router.add_post(f"{API}/auth/login", auth.login)
+    app.router.add_post(f"{API}/auth/refresh", auth.refresh)
+    app.router.add_post(f"{API}/auth/logout", auth.logout)
+    app.router.add_post(f"{API}/auth/logout-all", auth.logout_all)
+
+    app.router.add_get(f"{API}/users/me", users.get_me)
+    app.router.add_patch(f"{API}/users/me", users.patch_me)
+    app.router.add_get(f"{API}/users", users.list_users)
+    app.router.add_get(f"{API}/users/{{user_id}}", users.get_user)
+    app.router.add_patch(f"{API}/users/{{user_id}}", users.patch_user)
+    app.router.add_delete(f"{API}/users/{{user_id}}", users.delete_user)

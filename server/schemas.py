@@ -1,0 +1,143 @@
+"""Request and response schemas: they validate input and generate the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from server.authenticator import parse_object_id
+
+USERNAME = validate.Regexp(r"^[A-Za-z0-9_.-]{3,32}$", error="3 to 32 letters, digits, '_', '.' or '-'.")
+PASSWORD = validate.Length(min=8, max=128)
+EMAIL_LENGTH = validate.Length(max=254)
+NAME_LENGTH = validate.Length(max=100)
+BIO_LENGTH = validate.Length(max=1000)
+
+
+class StrictSchema(Schema):
+    """Unknown fields are an error, never silently dropped or stored."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class ObjectIdField(fields.String):
+    """A MongoDB ObjectId as 24 hexadecimal characters."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if parse_object_id(text) is None:
+            raise ValidationError("Not a valid id.")
+        return text
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only; not 1, "yes" or "true"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
+# Requests
+
+
+class RegisterSchema(StrictSchema):
+    email = fields.Email(required=True, validate=EMAIL_LENGTH)
+    username = fields.String(required=True, validate=USERNAME)
+    password = fields.String(required=True, validate=PASSWORD, load_only=True)
+    full_name = fields.String(load_default=None, allow_none=True, validate=NAME_LENGTH)
+
+
+class LoginSchema(StrictSchema):
+    email = fields.String(required=True, validate=EMAIL_LENGTH)
+    password = fields.String(required=True, validate=validate.Length(max=128), load_only=True)
+
+
+class RefreshSchema(StrictSchema):
+    refresh_token = fields.String(required=True, validate=validate.Length(max=2048), load_only=True)
+
+
+class UpdateMeSchema(StrictSchema):
+    email = fields.Email(validate=EMAIL_LENGTH)
+    username = fields.String(validate=USERNAME)
+    full_name = fields.String(allow_none=True, validate=NAME_LENGTH)
+    bio = fields.String(allow_none=True, validate=BIO_LENGTH)
+    password = fields.String(validate=PASSWORD, load_only=True)
+    current_password = fields.String(validate=validate.Length(max=128), load_only=True)
+
+    @validates_schema
+    def not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data.keys() - {"current_password"}:
+            raise ValidationError("Nothing to change.")
+
+
+class AdminUpdateUserSchema(StrictSchema):
+    email = fields.Email(validate=EMAIL_LENGTH)
+    username = fields.String(validate=USERNAME)
+    full_name = fields.String(allow_none=True, validate=NAME_LENGTH)
+    bio = fields.String(allow_none=True, validate=BIO_LENGTH)
+    password = fields.String(validate=PASSWORD, load_only=True)
+    is_active = StrictBoolean()
+    is_admin = StrictBoolean()
+
+    @validates_schema
+    def not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("Nothing to change.")
+
+
+class UserListQuerySchema(StrictSchema):
+    q = fields.String(validate=validate.Length(min=1, max=100))
+    before = ObjectIdField()
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    is_active = fields.Boolean()
+    is_admin = fields.Boolean()
+
+
+class UserIdSchema(StrictSchema):
+    user_id = ObjectIdField(required=True)
+
+
+# Responses (documentation only: handlers shape their JSON directly)
+
+
+class ErrorDetailSchema(Schema):
+    code = fields.String(required=True, metadata={"example": "validation_error"})
+    message = fields.String(required=True)
+    details = fields.Raw()
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorDetailSchema, required=True)
+
+
+class UserSchema(Schema):
+    id = fields.String(required=True)
+    email = fields.String(required=True)
+    username = fields.String(required=True)
+    full_name = fields.String(allow_none=True)
+    bio = fields.String(allow_none=True)
+    is_active = fields.Boolean(required=True)
+    is_admin = fields.Boolean(required=True)
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+
+
+class UserPageSchema(Schema):
+    items = fields.List(fields.Nested(UserSchema), required=True)
+    next_before = fields.String(allow_none=True, required=True)
+
+
+class TokenPairSchema(Schema):
+    access_token = fields.String(required=True)
+    refresh_token = fields.String(required=True)
+    token_type = fields.String(required=True, metadata={"example": "bearer"})
+    expires_in = fields.Integer(required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+    checks = fields.Dict(keys=fields.String(), values=fields.String())

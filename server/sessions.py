@@ -1,0 +1,143 @@
+"""Login sessions: log in, rotate refresh tokens, detect their re-use, log out, revoke."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from beanie import PydanticObjectId
+
+from documents import Session, User
+from documents.user import email_key
+from server.authenticator import Authenticator, parse_object_id
+from server.errors import Forbidden, InvalidCredentials, InvalidToken, TooManyRequests
+from server.ratelimit import RateLimiter
+from server.security import InvalidTokenError, Passwords, Tokens
+from server.settings import Settings
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+    def body(self) -> dict[str, str | int]:
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "token_type": "bearer",
+            "expires_in": self.expires_in,
+        }
+
+
+@dataclass(frozen=True)
+class SessionService:
+    settings: Settings
+    passwords: Passwords
+    tokens: Tokens
+    limiter: RateLimiter
+    authenticator: Authenticator
+
+    async def login(self, email: str, password: str, address: str, user_agent: str | None) -> TokenPair:
+        """Check the password (rate-limited per account and per address) and open a session."""
+        key = email_key(email)
+        # Hashed, so rate-limit keys never hold an address or email in clear text.
+        account_key = "login:account:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+        address_key = "login:address:" + hashlib.sha256(address.encode()).hexdigest()[:32]
+        window = self.settings.login_window_seconds
+        attempts, retry_after = await self.limiter.hit(address_key, window)
+        if attempts > self.settings.login_attempts_per_address:
+            raise TooManyRequests(retry_after, "Too many login attempts from this address; try again later.")
+        failures, retry_after = await self.limiter.peek(account_key)
+        if failures >= self.settings.login_attempts_per_account:
+            raise TooManyRequests(retry_after, "Too many failed logins for this account; try again later.")
+
+        user = await User.find_one(User.email_key == key)
+        matches, needs_rehash = await self.passwords.verify(user.password_hash if user else None, password)
+        if user is None or not matches:
+            await self.limiter.hit(account_key, window)
+            raise InvalidCredentials()
+        if not user.is_active:
+            raise Forbidden("This account is deactivated.")
+        await self.limiter.reset(account_key)
+        if needs_rehash:
+            await user.set({User.password_hash: await self.passwords.hash(password)})
+        return await self._open(user, user_agent)
+
+    async def _open(self, user: User, user_agent: str | None) -> TokenPair:
+        assert user.id is not None
+        refresh_jti = uuid.uuid4().hex
+        session = Session(
+            user_id=user.id,
+            refresh_jti=refresh_jti,
+            expires_at=datetime.now(UTC) + timedelta(seconds=self.settings.refresh_token_ttl),
+            user_agent=(user_agent or "")[:200] or None,
+        )
+        await session.insert()
+        return self._pair(user, str(session.id), refresh_jti)
+
+    def _pair(self, user: User, session_id: str, refresh_jti: str) -> TokenPair:
+        ids = {"user_id": str(user.id), "session_id": session_id, "version": user.token_version}
+        return TokenPair(
+            access_token=self.tokens.issue("access", **ids),
+            refresh_token=self.tokens.issue("refresh", jti=refresh_jti, **ids),
+            expires_in=self.tokens.ttl["access"],
+        )
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        """Exchange a refresh token for a new pair. A token that was already rotated revokes its whole family."""
+        try:
+            claims = self.tokens.decode("refresh", refresh_token)
+        except InvalidTokenError:
+            raise InvalidToken("The refresh token is invalid or expired.") from None
+        session_id, user_id = parse_object_id(claims.session_id), parse_object_id(claims.user_id)
+        if session_id is None or user_id is None:
+            raise InvalidToken("The refresh token is invalid or expired.")
+        user = await User.get(user_id)
+        if user is None or not user.is_active or user.token_version != claims.version:
+            raise InvalidToken("The refresh token is no longer valid.")
+        new_jti = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        # Compare-and-set on the current jti: of two uses of the same token, exactly one wins.
+        result = await Session.find_one(
+            {"_id": session_id, "user_id": user_id, "refresh_jti": claims.jti, "revoked_at": None}
+        ).update({"$set": {"refresh_jti": new_jti, "last_used_at": now}})
+        if result is None or result.modified_count != 1:
+            await self.revoke(session_id)
+            raise InvalidToken("The refresh token was already used; this session is revoked.")
+        return self._pair(user, claims.session_id, new_jti)
+
+    async def logout(self, refresh_token: str, caller_user_id: str, caller_session_id: str) -> None:
+        """End the caller's session and the session of the given refresh token, if it is the caller's."""
+        try:
+            claims = self.tokens.decode("refresh", refresh_token)
+        except InvalidTokenError:
+            claims = None
+        if claims is not None and claims.user_id == caller_user_id:
+            await self.revoke(parse_object_id(claims.session_id))
+        await self.revoke(parse_object_id(caller_session_id))
+
+    async def revoke(self, session_id: PydanticObjectId | None) -> None:
+        if session_id is None:
+            return
+        await Session.find_one({"_id": session_id, "revoked_at": None}).update(
+            {"$set": {"revoked_at": datetime.now(UTC)}}
+        )
+        await self.authenticator.session_revoked(str(session_id))
+
+    async def revoke_all(self, user_id: PydanticObjectId) -> None:
+        """End every session and token of a user: logout everywhere, password change, deactivation."""
+        # The version bump kills every outstanding token at once; revoking the sessions stops refreshes too.
+        await User.find_one({"_id": user_id}).update({"$inc": {"token_version": 1}})
+        await Session.find({"user_id": user_id, "revoked_at": None}).update(
+            {"$set": {"revoked_at": datetime.now(UTC)}}
+        )
+        await self.authenticator.user_changed(str(user_id))
+
+    async def delete_expired(self) -> int:
+        """Remove sessions past their expiry (FerretDB has no TTL indexes, so this runs periodically)."""
+        result = await Session.find({"expires_at": {"$lt": datetime.now(UTC)}}).delete()
+        return result.deleted_count if result is not None else 0

@@ -1,0 +1,136 @@
+"""Settings: one typed, immutable object read from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Environment = Literal["development", "test", "production"]
+MIN_SECRET_BYTES = 32
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a server that may start."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be a boolean, got {raw!r}")
+
+
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the server reads from its environment, with development defaults."""
+
+    environment: Environment = "development"
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    mongodb_url: str = "mongodb://127.0.0.1:27017"
+    mongodb_db: str = "tidings"
+    # None: no Redis; an in-process broker and limiter serve a single process.
+    redis_url: str | None = "redis://127.0.0.1:6379/0"
+    # Every Redis key and channel starts with this, so several deployments (or tests) share one Redis.
+    redis_prefix: str = "tidings:"
+
+    jwt_secret: str = field(default="", repr=False)
+    access_token_ttl: int = 15 * 60
+    refresh_token_ttl: int = 14 * 24 * 3600
+
+    # Argon2id cost; OWASP's second recommended profile by default (19 MiB, t=2, p=1).
+    password_time_cost: int = 2
+    password_memory_kib: int = 19 * 1024
+    password_parallelism: int = 1
+    password_hash_threads: int = 2
+
+    login_attempts_per_account: int = 10
+    login_attempts_per_address: int = 30
+    login_window_seconds: int = 300
+
+    max_body_bytes: int = 64 * 1024
+    startup_timeout: float = 30.0
+    trust_forwarded_for: bool = False
+    log_level: str = "INFO"
+    access_log: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `env` (default: os.environ); raise SettingsError when they are unsafe."""
+        env = os.environ if env is None else env
+        environment = env.get("TIDINGS_ENV", "development")
+        if environment not in ("development", "test", "production"):
+            raise SettingsError(f"TIDINGS_ENV must be development, test or production, got {environment!r}")
+        redis_url = env.get("REDIS_URL", cls.redis_url)
+        settings = cls(
+            environment=environment,  # type: ignore[arg-type]
+            host=env.get("TIDINGS_HOST", cls.host),
+            port=_int(env, "TIDINGS_PORT", cls.port),
+            mongodb_url=env.get("MONGODB_URL") or cls.mongodb_url,
+            mongodb_db=env.get("MONGODB_DB") or cls.mongodb_db,
+            redis_url=redis_url or None,
+            redis_prefix=env.get("REDIS_PREFIX") or cls.redis_prefix,
+            jwt_secret=env.get("JWT_SECRET", ""),
+            access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", cls.access_token_ttl),
+            refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
+            password_time_cost=_int(env, "PASSWORD_TIME_COST", cls.password_time_cost),
+            password_memory_kib=_int(env, "PASSWORD_MEMORY_KIB", cls.password_memory_kib),
+            password_parallelism=_int(env, "PASSWORD_PARALLELISM", cls.password_parallelism),
+            password_hash_threads=_int(env, "PASSWORD_HASH_THREADS", cls.password_hash_threads),
+            login_attempts_per_account=_int(env, "LOGIN_ATTEMPTS_PER_ACCOUNT", cls.login_attempts_per_account),
+            login_attempts_per_address=_int(env, "LOGIN_ATTEMPTS_PER_ADDRESS", cls.login_attempts_per_address),
+            login_window_seconds=_int(env, "LOGIN_WINDOW_SECONDS", cls.login_window_seconds),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),
+            trust_forwarded_for=_bool(env, "TRUST_FORWARDED_FOR", cls.trust_forwarded_for),
+            log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
+            access_log=_bool(env, "ACCESS_LOG", cls.access_log),
+        )
+        return settings.checked()
+
+    def checked(self) -> Settings:
+        """Refuse unsafe settings; outside production, replace a missing JWT secret with a random one, loudly."""
+        if self.access_token_ttl <= 0 or self.refresh_token_ttl <= self.access_token_ttl:
+            raise SettingsError("token lifetimes must be positive and the refresh token must outlive the access token")
+        if len(self.jwt_secret.encode()) >= MIN_SECRET_BYTES:
+            return self
+        if self.environment == "production":
+            raise SettingsError(
+                f"JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes in production "
+                "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        if self.jwt_secret:
+            raise SettingsError(f"JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes")
+        log.warning(
+            "JWT_SECRET is not set: using a random secret for this process only. Tokens will not survive a "
+            "restart and are not shared between workers. Set JWT_SECRET before deploying."
+        )
+        return dataclasses.replace(self, jwt_secret=secrets.token_urlsafe(48))

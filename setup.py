@@ -1,0 +1,42 @@
+"""Packaging for tidings: accounts, JWT auth, live notifications and an admin panel on aiohttp."""
+
+from setuptools import setup
+
+setup(
+    name="tidings",
+    version="0.1.0",
+    description="Accounts, JWT auth, real-time notifications over WebSocket and an admin panel on aiohttp",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11,<3.14",
+    packages=["server", "handlers", "documents"],
+    include_package_data=True,
+    install_requires=[
+        "aiohttp>=3.14,<3.15",
+        "aiohttp-jinja2>=1.6,<2",
+        "aiohttp-apigami>=0.9,<0.10",
+        "marshmallow>=3.20,<4",
+        "beanie>=2.0,<3",
+        "pymongo>=4.13,<5",
+        "redis>=6.0,<9",
+        "PyJWT>=2.10,<3",
+        "argon2-cffi>=23.1,<26",
+        "gunicorn>=23,<28",
+        "uvloop>=0.21,<1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-aiohttp>=1.1,<2",
+            "pytest-asyncio>=1.0,<2",
+            "playwright>=1.50,<2",
+        ],
+        "dev": [
+            "ruff>=0.8",
+            "mypy>=1.13",
+            "tox>=4",
+        ],
+    },
+    entry_points={"console_scripts": ["tidings=server.cli:main"]},
+)
