@@ -1,12 +1,14 @@
 """Packaging for tidings: accounts, JWT auth, live notifications and an admin panel on aiohttp."""
 
+from pathlib import Path
+
 from setuptools import setup
 
 setup(
     name="tidings",
     version="0.1.0",
     description="Accounts, JWT auth, real-time notifications over WebSocket and an admin panel on aiohttp",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11,<3.14",

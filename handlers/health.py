@@ -1,6 +1,7 @@
 """Liveness and readiness probes."""
 
 import asyncio
+from collections.abc import Awaitable
 
 from aiohttp import web
 from aiohttp_apigami import docs, response_schema
@@ -21,7 +22,7 @@ async def live(request: web.Request) -> web.Response:
 @response_schema(HealthSchema, 200)
 async def ready(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
-    probes = {"mongodb": request.app[mongo_key].admin.command("ping")}
+    probes: dict[str, Awaitable[object]] = {"mongodb": request.app[mongo_key].admin.command("ping")}
     if redis_key in request.app:
         probes["redis"] = request.app[redis_key].ping()
     for name, probe in probes.items():
@@ -31,4 +32,6 @@ async def ready(request: web.Request) -> web.Response:
         except Exception as exc:  # any failure of a dependency is a "not ready", never a 500
             checks[name] = f"failed: {type(exc).__name__}"
     healthy = all(value == "ok" for value in checks.values())
-    return web.json_response({"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503)
+    return web.json_response(
+        {"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503
+    )

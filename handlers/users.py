@@ -7,7 +7,14 @@ from server.authenticator import admin_required, auth_required
 from server.errors import Forbidden
 from server.keys import accounts_key, path_key, principal_key, validated_key
 from server.openapi import BEARER, error_responses
-from server.schemas import AdminUpdateUserSchema, UpdateMeSchema, UserIdSchema, UserListQuerySchema, UserPageSchema, UserSchema
+from server.schemas import (
+    AdminUpdateUserSchema,
+    UpdateMeSchema,
+    UserIdSchema,
+    UserListQuerySchema,
+    UserPageSchema,
+    UserSchema,
+)
 
 
 @docs(tags=["users"], summary="The caller's account", security=BEARER, responses=error_responses(401))
@@ -30,14 +37,19 @@ async def get_me(request: web.Request) -> web.Response:
 @auth_required
 async def patch_me(request: web.Request) -> web.Response:
     accounts = request.app[accounts_key]
-    changes = dict(request[validated_key])
+    changes = request[validated_key].copy()
     current_password = changes.pop("current_password", None)
     user = await accounts.get(request[principal_key].user_id)
     user = await accounts.update_self(user, changes, current_password)
     return web.json_response(user.public())
 
 
-@docs(tags=["users"], summary="List and search accounts (admin)", security=BEARER, responses=error_responses(401, 403, 422))
+@docs(
+    tags=["users"],
+    summary="List and search accounts (admin)",
+    security=BEARER,
+    responses=error_responses(401, 403, 422),
+)
 @querystring_schema(UserListQuerySchema)
 @response_schema(UserPageSchema, 200)
 @admin_required
@@ -84,7 +96,7 @@ async def get_user(request: web.Request) -> web.Response:
 async def patch_user(request: web.Request) -> web.Response:
     accounts = request.app[accounts_key]
     user = await accounts.get(request[path_key]["user_id"])
-    user = await accounts.update_by_admin(user, dict(request[validated_key]))
+    user = await accounts.update_by_admin(user, request[validated_key].copy())
     return web.json_response(user.public())
 
 
@@ -100,4 +112,3 @@ async def delete_user(request: web.Request) -> web.Response:
     accounts = request.app[accounts_key]
     await accounts.delete(await accounts.get(request[path_key]["user_id"]))
     return web.Response(status=204)
-

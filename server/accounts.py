@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from beanie import SortDirection
 from pymongo.errors import OperationFailure
 
 from documents import Session, User
@@ -110,7 +111,7 @@ class AccountService:
             conditions["is_active"] = is_active
         if is_admin is not None:
             conditions["is_admin"] = is_admin
-        users = await User.find(conditions).sort([("_id", -1)]).limit(limit + 1).to_list()
+        users = await User.find(conditions).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list()
         more = len(users) > limit
         users = users[:limit]
         return Page(users, str(users[-1].id) if more else None)
@@ -166,4 +167,3 @@ class AccountService:
         if await User.find({"username_key": user.username_key, **others}).count():
             return "username"
         return None
-

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -44,17 +45,17 @@ log = logging.getLogger(__name__)
 SESSION_SWEEP_SECONDS = 3600
 
 
-async def _retry_until_ready(what: str, probe: object, timeout: float) -> None:
+async def _retry_until_ready(what: str, probe: Callable[[], Awaitable[object]], limit: float) -> None:
     """Wait for a dependency at start with bounded retries, so `make run` and containers start in any order."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + limit
     delay = 0.1
     while True:
         try:
-            await probe()  # type: ignore[operator]
+            await probe()
             return
         except Exception as exc:
             if asyncio.get_running_loop().time() + delay > deadline:
-                raise RuntimeError(f"{what} did not answer within {timeout:.0f}s: {exc}") from exc
+                raise RuntimeError(f"{what} did not answer within {limit:.0f}s: {exc}") from exc
             log.warning("waiting for %s: %s", what, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -62,7 +63,7 @@ async def _retry_until_ready(what: str, probe: object, timeout: float) -> None:
 
 async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
-    client: AsyncMongoClient = AsyncMongoClient(
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
         settings.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=5000, appname="tidings"
     )
     try:

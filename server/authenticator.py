@@ -180,4 +180,3 @@ class Authenticator:
         self._generation += 1
         self._users.clear()
         self._sessions.clear()
-

@@ -81,4 +81,6 @@ class TooManyRequests(ApiError):
     message = "Too many attempts; try again later."
 
     def __init__(self, retry_after: int, message: str | None = None) -> None:
-        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))}, details={"retry_after": retry_after})
+        super().__init__(
+            message, headers={"Retry-After": str(max(1, retry_after))}, details={"retry_after": retry_after}
+        )

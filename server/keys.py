@@ -1,6 +1,7 @@
 """Typed keys for everything the app and its requests carry."""
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -15,7 +16,7 @@ from server.sessions import SessionService
 from server.settings import Settings
 
 settings_key = web.AppKey("settings", Settings)
-mongo_key = web.AppKey("mongo", AsyncMongoClient)
+mongo_key: web.AppKey[AsyncMongoClient[Any]] = web.AppKey("mongo", AsyncMongoClient)
 redis_key = web.AppKey("redis", aioredis.Redis)
 broker_key = web.AppKey("broker", Broker)
 limiter_key = web.AppKey("limiter", RateLimiter)
@@ -29,6 +30,6 @@ accounts_key = web.AppKey("accounts", AccountService)
 request_id_key = web.RequestKey("request_id", str)
 principal_key = web.RequestKey("principal", Principal)
 # Where aiohttp-apigami's validation middleware puts the validated body, query or path.
-validated_key = web.RequestKey("validated", dict)
+validated_key: web.RequestKey[dict[str, Any]] = web.RequestKey("validated", dict)
 # Where it puts validated path parameters of handlers that also validate a body.
-path_key = web.RequestKey("path", dict)
+path_key: web.RequestKey[dict[str, Any]] = web.RequestKey("path", dict)

@@ -25,7 +25,7 @@ _ERROR_DESCRIPTIONS = {
     429: "Rate limited; see Retry-After",
 }
 
-BEARER = [{"bearerAuth": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
@@ -67,4 +67,3 @@ def setup_openapi(app: web.Application) -> None:
     spec.spec.components.schema("ErrorSchema", schema=ErrorSchema)
     spec.register(app)
     app[APISPEC_PARSER] = Parser()
-

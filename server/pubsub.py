@@ -113,7 +113,7 @@ class RedisBroker(Broker):
                 # A subscription that was live is retried at once; one that never came up backs off.
                 delay = 0.05 if self.connected else min(delay * 2, 5.0)
                 self._set_connected(False)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not a secret
         finally:
             self._set_connected(False)
             await self._subscriber.aclose()

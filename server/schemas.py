@@ -26,7 +26,7 @@ class ObjectIdField(fields.String):
     """A MongoDB ObjectId as 24 hexadecimal characters."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs)
+        text: str = super()._deserialize(value, attr, data, **kwargs)
         if parse_object_id(text) is None:
             raise ValidationError("Not a valid id.")
         return text

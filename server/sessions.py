@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from beanie import PydanticObjectId
+from pymongo.results import UpdateResult
 
 from documents import Session, User
 from documents.user import email_key
@@ -80,10 +81,12 @@ class SessionService:
         return self._pair(user, str(session.id), refresh_jti)
 
     def _pair(self, user: User, session_id: str, refresh_jti: str) -> TokenPair:
-        ids = {"user_id": str(user.id), "session_id": session_id, "version": user.token_version}
+        user_id, version = str(user.id), user.token_version
         return TokenPair(
-            access_token=self.tokens.issue("access", **ids),
-            refresh_token=self.tokens.issue("refresh", jti=refresh_jti, **ids),
+            access_token=self.tokens.issue("access", user_id=user_id, session_id=session_id, version=version),
+            refresh_token=self.tokens.issue(
+                "refresh", user_id=user_id, session_id=session_id, version=version, jti=refresh_jti
+            ),
             expires_in=self.tokens.ttl["access"],
         )
 
@@ -105,7 +108,7 @@ class SessionService:
         result = await Session.find_one(
             {"_id": session_id, "user_id": user_id, "refresh_jti": claims.jti, "revoked_at": None}
         ).update({"$set": {"refresh_jti": new_jti, "last_used_at": now}})
-        if result is None or result.modified_count != 1:
+        if not isinstance(result, UpdateResult) or result.modified_count != 1:
             await self.revoke(session_id)
             raise InvalidToken("The refresh token was already used; this session is revoked.")
         return self._pair(user, claims.session_id, new_jti)
@@ -132,9 +135,7 @@ class SessionService:
         """End every session and token of a user: logout everywhere, password change, deactivation."""
         # The version bump kills every outstanding token at once; revoking the sessions stops refreshes too.
         await User.find_one({"_id": user_id}).update({"$inc": {"token_version": 1}})
-        await Session.find({"user_id": user_id, "revoked_at": None}).update(
-            {"$set": {"revoked_at": datetime.now(UTC)}}
-        )
+        await Session.find({"user_id": user_id, "revoked_at": None}).update({"$set": {"revoked_at": datetime.now(UTC)}})
         await self.authenticator.user_changed(str(user_id))
 
     async def delete_expired(self) -> int:

@@ -123,7 +123,12 @@ class Accounts:
             await found.set({User.is_admin: True})
         tokens = await self.login(user["email"], user["password"])
         return Account(
-            user["id"], user["email"], user["username"], user["password"], tokens["access_token"], tokens["refresh_token"]
+            user["id"],
+            user["email"],
+            user["username"],
+            user["password"],
+            tokens["access_token"],
+            tokens["refresh_token"],
         )
 
 
