@@ -2,9 +2,10 @@
 
 from beanie import Document
 
+from documents.notification import BroadcastReceipt, Inbox, Notification
 from documents.session import Session
 from documents.user import User
 
-ALL_DOCUMENTS: list[type[Document]] = [User, Session]
+ALL_DOCUMENTS: list[type[Document]] = [User, Session, Notification, BroadcastReceipt, Inbox]
 
-__all__ = ["ALL_DOCUMENTS", "Session", "User"]
+__all__ = ["ALL_DOCUMENTS", "BroadcastReceipt", "Inbox", "Notification", "Session", "User"]

@@ -55,7 +55,7 @@ async def patch_me(request: web.Request) -> web.Response:
 @admin_required
 async def list_users(request: web.Request) -> web.Response:
     query = request[validated_key]
-    page = await request.app[accounts_key].list(
+    page = await request.app[accounts_key].search(
         query=query.get("q"),
         before=query.get("before"),
         limit=query["limit"],

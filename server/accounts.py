@@ -15,6 +15,7 @@ from documents import Session, User
 from documents.user import email_key, username_key
 from server.authenticator import Authenticator, parse_object_id
 from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.notifications import NotificationService
 from server.security import Passwords
 from server.sessions import SessionService
 
@@ -34,6 +35,7 @@ class AccountService:
     passwords: Passwords
     sessions: SessionService
     authenticator: Authenticator
+    notifications: NotificationService
 
     async def register(
         self, *, email: str, username: str, password: str, full_name: str | None = None, is_admin: bool = False
@@ -78,7 +80,14 @@ class AccountService:
         loses_admin = changes.get("is_active") is False or changes.get("is_admin") is False
         if loses_admin and user.is_admin and user.is_active:
             await self._keep_an_admin(user)
-        return await self._apply(user, changes)
+        user = await self._apply(user, changes)
+        await self.notifications.send(
+            title="Your account was changed by an administrator",
+            body="Changed: " + ", ".join(sorted(changes)) + ".",
+            data={"event": "account_changed", "fields": sorted(changes)},
+            user_ids=[str(user.id)],
+        )
+        return user
 
     async def delete(self, user: User) -> None:
         if user.is_admin and user.is_active:
@@ -88,7 +97,7 @@ class AccountService:
         await user.delete()
         await self.authenticator.user_changed(str(user.id))
 
-    async def list(
+    async def search(
         self,
         *,
         query: str | None = None,

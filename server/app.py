@@ -18,13 +18,16 @@ from pymongo import AsyncMongoClient
 from documents import ALL_DOCUMENTS
 from server.accounts import AccountService
 from server.authenticator import Authenticator
+from server.hub import Hub
 from server.keys import (
     accounts_key,
     authenticator_key,
     broker_key,
     hash_executor_key,
+    hub_key,
     limiter_key,
     mongo_key,
+    notifications_key,
     passwords_key,
     redis_key,
     sessions_key,
@@ -32,6 +35,7 @@ from server.keys import (
     tokens_key,
 )
 from server.middlewares import auth_middleware, error_middleware, request_id_middleware, security_headers
+from server.notifications import NotificationService
 from server.openapi import setup_openapi
 from server.pubsub import MemoryBroker, RedisBroker
 from server.ratelimit import MemoryRateLimiter, RedisRateLimiter
@@ -105,7 +109,10 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[authenticator_key] = authenticator
     sessions = SessionService(settings, passwords, app[tokens_key], app[limiter_key], authenticator)
     app[sessions_key] = sessions
-    app[accounts_key] = AccountService(passwords, sessions, authenticator)
+    notifications = NotificationService(app[broker_key])
+    app[notifications_key] = notifications
+    app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications)
+    app[hub_key] = Hub(settings, app[broker_key], notifications, authenticator)
     yield
     executor.shutdown(wait=True, cancel_futures=True)
 
@@ -119,10 +126,11 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-async def session_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Delete expired sessions periodically (FerretDB lacks TTL indexes)."""
+async def background_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The app's own periodic tasks, cancelled and awaited on the way out."""
 
-    async def sweep() -> None:
+    async def sweep_sessions() -> None:
+        # FerretDB lacks TTL indexes, so expired sessions are deleted here.
         while True:
             try:
                 deleted = await app[sessions_key].delete_expired()
@@ -132,11 +140,19 @@ async def session_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
                 log.exception("session sweep failed")
             await asyncio.sleep(SESSION_SWEEP_SECONDS)
 
-    task = asyncio.create_task(sweep(), name="session-sweeper")
+    tasks = [
+        asyncio.create_task(sweep_sessions(), name="session-sweeper"),
+        asyncio.create_task(app[hub_key].expire_tokens(), name="ws-token-expiry"),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def close_sockets(app: web.Application) -> None:
+    """on_shutdown: close every WebSocket with 1001 before handlers are cancelled."""
+    await app[hub_key].shutdown()
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -148,7 +164,8 @@ def create_app(settings: Settings) -> web.Application:
     app[settings_key] = settings
     app[tokens_key] = Tokens(settings)
     # Order matters: each context uses what the ones before it opened, and they close in reverse.
-    app.cleanup_ctx.extend([mongo_ctx, redis_ctx, services_ctx, broker_ctx, session_sweeper_ctx])
+    app.cleanup_ctx.extend([mongo_ctx, redis_ctx, services_ctx, broker_ctx, background_ctx])
+    app.on_shutdown.append(close_sockets)
     app.on_response_prepare.append(security_headers)
     setup_routes(app)
     setup_openapi(app)

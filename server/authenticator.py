@@ -71,6 +71,7 @@ class Principal:
     is_admin: bool
     public_json: bytes
     token_expires_at: float
+    token_version: int
 
 
 def parse_object_id(value: str) -> PydanticObjectId | None:
@@ -112,7 +113,9 @@ class Authenticator:
             raise InvalidToken()
         if not await self._session_live(claims.session_id, claims.user_id):
             raise InvalidToken()
-        return Principal(claims.user_id, claims.session_id, user.is_admin, user.public_json, claims.expires_at)
+        return Principal(
+            claims.user_id, claims.session_id, user.is_admin, user.public_json, claims.expires_at, claims.version
+        )
 
     async def user_state(self, user_id: str) -> UserState | None:
         cached = self._users.get(user_id) if self._broker.connected else None

@@ -9,6 +9,8 @@ from pymongo import AsyncMongoClient
 
 from server.accounts import AccountService
 from server.authenticator import Authenticator, Principal
+from server.hub import Hub
+from server.notifications import NotificationService
 from server.pubsub import Broker
 from server.ratelimit import RateLimiter
 from server.security import Passwords, Tokens
@@ -26,6 +28,8 @@ tokens_key = web.AppKey("tokens", Tokens)
 authenticator_key = web.AppKey("authenticator", Authenticator)
 sessions_key = web.AppKey("sessions", SessionService)
 accounts_key = web.AppKey("accounts", AccountService)
+notifications_key = web.AppKey("notifications", NotificationService)
+hub_key = web.AppKey("hub", Hub)
 
 request_id_key = web.RequestKey("request_id", str)
 principal_key = web.RequestKey("principal", Principal)

@@ -98,10 +98,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+# Swagger UI loads its own scripts and styles, runs an inline bootstrap script and uses data: images.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'"
+)
+
+
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: headers every response carries."""
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
-    headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+    docs = request.path == "/api/docs" or request.path.startswith("/api/docs/")
+    headers.setdefault("Content-Security-Policy", DOCS_CSP if docs else API_CSP)

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from handlers import auth, health, users
+from handlers import auth, health, notifications, users, ws
 
 API = "/api/v1"
 
@@ -23,3 +23,11 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(f"{API}/users/{{user_id}}", users.get_user)
     app.router.add_patch(f"{API}/users/{{user_id}}", users.patch_user)
     app.router.add_delete(f"{API}/users/{{user_id}}", users.delete_user)
+
+    app.router.add_post(f"{API}/notifications", notifications.send)
+    app.router.add_get(f"{API}/notifications", notifications.list_own)
+    app.router.add_get(f"{API}/notifications/unread-count", notifications.unread_count)
+    app.router.add_post(f"{API}/notifications/read-all", notifications.mark_all_read)
+    app.router.add_post(f"{API}/notifications/{{notification_id}}/read", notifications.mark_read)
+
+    app.router.add_get(f"{API}/ws", ws.websocket)

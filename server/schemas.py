@@ -141,3 +141,53 @@ class TokenPairSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+# Notifications
+
+
+class SendNotificationSchema(StrictSchema):
+    title = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    body = fields.String(required=True, validate=validate.Length(max=5000))
+    data = fields.Dict(keys=fields.String(validate=validate.Length(max=100)), load_default=None, allow_none=True)
+    user_ids = fields.List(ObjectIdField(), validate=validate.Length(min=1, max=1000))
+    broadcast = StrictBoolean(load_default=False)
+
+    @validates_schema
+    def one_audience(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("broadcast") == bool(data.get("user_ids")):
+            raise ValidationError("Give either user_ids or broadcast: true.")
+
+
+class NotificationListQuerySchema(StrictSchema):
+    before = ObjectIdField()
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    unread = fields.Boolean(load_default=False)
+
+
+class NotificationIdSchema(StrictSchema):
+    notification_id = ObjectIdField(required=True)
+
+
+class NotificationSchema(Schema):
+    id = fields.String(required=True)
+    title = fields.String(required=True)
+    body = fields.String(required=True)
+    data = fields.Dict(allow_none=True)
+    created_at = fields.DateTime(required=True)
+    broadcast = fields.Boolean(required=True)
+    read = fields.Boolean(required=True)
+
+
+class NotificationPageSchema(Schema):
+    items = fields.List(fields.Nested(NotificationSchema), required=True)
+    next_before = fields.String(allow_none=True, required=True)
+
+
+class SentSchema(Schema):
+    broadcast = fields.Boolean(required=True)
+    notifications = fields.List(fields.Nested(NotificationSchema), required=True)
+
+
+class UnreadCountSchema(Schema):
+    unread = fields.Integer(required=True)

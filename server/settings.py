@@ -78,6 +78,14 @@ class Settings:
     login_window_seconds: int = 300
 
     max_body_bytes: int = 64 * 1024
+
+    # WebSocket: Origins allowed to open sockets (browsers always send one; other clients may omit it).
+    allowed_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
+    ws_max_per_user: int = 10
+    ws_max_frame_bytes: int = 16 * 1024
+    ws_send_buffer_bytes: int = 1024 * 1024
+    ws_auth_timeout: float = 10.0
+    ws_heartbeat: float = 25.0
     startup_timeout: float = 30.0
     trust_forwarded_for: bool = False
     log_level: str = "INFO"
@@ -110,6 +118,10 @@ class Settings:
             login_attempts_per_address=_int(env, "LOGIN_ATTEMPTS_PER_ADDRESS", cls.login_attempts_per_address),
             login_window_seconds=_int(env, "LOGIN_WINDOW_SECONDS", cls.login_window_seconds),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),
+            allowed_origins=_list(env, "ALLOWED_ORIGINS", cls.allowed_origins),
+            ws_max_per_user=_int(env, "WS_MAX_PER_USER", cls.ws_max_per_user),
+            ws_max_frame_bytes=_int(env, "WS_MAX_FRAME_BYTES", cls.ws_max_frame_bytes),
+            ws_send_buffer_bytes=_int(env, "WS_SEND_BUFFER_BYTES", cls.ws_send_buffer_bytes),
             trust_forwarded_for=_bool(env, "TRUST_FORWARDED_FOR", cls.trust_forwarded_for),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
             access_log=_bool(env, "ACCESS_LOG", cls.access_log),

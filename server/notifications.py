@@ -1,0 +1,197 @@
+"""Notifications: persist first, then publish; list, count and mark read with correct per-user broadcast state."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from beanie import PydanticObjectId, SortDirection
+from pymongo.errors import DuplicateKeyError
+
+from documents import BroadcastReceipt, Inbox, Notification, User
+from server.authenticator import parse_object_id
+from server.errors import NotFound, ValidationFailed
+from server.pubsub import Broker
+
+log = logging.getLogger(__name__)
+
+NOTIFY_TOPIC = "notify"
+MAX_DATA_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_before: str | None
+
+
+@dataclass(frozen=True)
+class BroadcastState:
+    """Broadcasts with id <= floor are read (or predate the user); above it, those in read_ids are."""
+
+    floor: PydanticObjectId
+    read_ids: frozenset[PydanticObjectId]
+
+    def is_read(self, notification: Notification) -> bool:
+        if not notification.is_broadcast:
+            return notification.read_at is not None
+        assert notification.id is not None
+        return notification.id <= self.floor or notification.id in self.read_ids
+
+
+def visible_to(user_id: PydanticObjectId) -> dict[str, Any]:
+    """Direct notifications to the user, and broadcasts sent after the user joined."""
+    return {"$or": [{"recipient_id": user_id}, {"recipient_id": None, "_id": {"$gt": user_id}}]}
+
+
+def encode_batch(notifications: Iterable[Notification]) -> bytes:
+    """The broker message for a batch: [[recipient id or null, public notification], ...]."""
+    return json.dumps(
+        [[str(n.recipient_id) if n.recipient_id else None, n.public(read=False)] for n in notifications]
+    ).encode()
+
+
+@dataclass(frozen=True)
+class NotificationService:
+    broker: Broker
+
+    async def send(
+        self,
+        *,
+        title: str,
+        body: str,
+        data: dict[str, Any] | None = None,
+        user_ids: list[str] | None = None,
+        broadcast: bool = False,
+        sender_id: str | None = None,
+    ) -> list[Notification]:
+        """Store the notifications (one per recipient, or one broadcast), then publish them.
+
+        Once this returns they are in MongoDB; a failed publish only delays live delivery, because every
+        process catches its sockets up from MongoDB when its subscription comes back.
+        """
+        if data is not None and len(json.dumps(data)) > MAX_DATA_BYTES:
+            raise ValidationFailed(details={"data": [f"At most {MAX_DATA_BYTES} bytes of JSON."]})
+        sender = parse_object_id(sender_id) if sender_id else None
+        if broadcast:
+            recipients: list[PydanticObjectId | None] = [None]
+        else:
+            recipients = list(await self._existing_users(user_ids or []))
+        now = datetime.now(UTC)
+        notifications = [
+            Notification(
+                id=PydanticObjectId(),
+                recipient_id=recipient,
+                title=title,
+                body=body,
+                data=data,
+                sender_id=sender,
+                created_at=now,
+            )
+            for recipient in recipients
+        ]
+        await Notification.insert_many(notifications)
+        await self.publish(notifications)
+        return notifications
+
+    async def publish(self, notifications: list[Notification]) -> None:
+        try:
+            await self.broker.publish(NOTIFY_TOPIC, encode_batch(notifications))
+        except Exception as exc:
+            log.warning("could not publish notifications; sockets catch up when the broker returns: %s", exc)
+
+    @staticmethod
+    async def _existing_users(user_ids: list[str]) -> list[PydanticObjectId]:
+        wanted = list(dict.fromkeys(user_ids))
+        oids = [parse_object_id(user_id) for user_id in wanted]
+        malformed = [user_id for user_id, oid in zip(wanted, oids, strict=True) if oid is None]
+        if malformed:
+            raise ValidationFailed(details={"user_ids": {"malformed": malformed}})
+        found = {user.id for user in await User.find({"_id": {"$in": oids}}).to_list()}
+        unknown = [user_id for user_id, oid in zip(wanted, oids, strict=True) if oid not in found]
+        if unknown:
+            raise ValidationFailed("Some recipients do not exist.", details={"user_ids": {"unknown": unknown}})
+        return [oid for oid in oids if oid is not None]
+
+    async def broadcast_state(self, user_id: PydanticObjectId) -> BroadcastState:
+        inbox = await Inbox.get(user_id)
+        watermark = inbox.broadcasts_read_through if inbox else None
+        floor = max(user_id, watermark) if watermark is not None else user_id
+        receipts = await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$gt": floor}}).to_list()
+        return BroadcastState(floor, frozenset(receipt.notification_id for receipt in receipts))
+
+    async def inbox(
+        self, user_id: PydanticObjectId, *, before: str | None = None, limit: int = 50, unread: bool = False
+    ) -> Page:
+        """Newest first, keyset-paginated on the id."""
+        state = await self.broadcast_state(user_id)
+        if unread:
+            conditions: dict[str, Any] = {
+                "$or": [
+                    {"recipient_id": user_id, "read_at": None},
+                    {"recipient_id": None, "_id": {"$gt": state.floor, "$nin": list(state.read_ids)}},
+                ]
+            }
+        else:
+            conditions = visible_to(user_id)
+        if before is not None:
+            oid = parse_object_id(before)
+            if oid is None:
+                raise ValidationFailed(details={"before": ["Not a valid id."]})
+            conditions = {"$and": [conditions, {"_id": {"$lt": oid}}]}
+        found = await Notification.find(conditions).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list()
+        more = len(found) > limit
+        found = found[:limit]
+        return Page([n.public(state.is_read(n)) for n in found], str(found[-1].id) if more else None)
+
+    async def after(self, user_id: PydanticObjectId, after: PydanticObjectId, limit: int) -> list[dict[str, Any]]:
+        """Notifications newer than `after`, oldest first: what a reconnecting socket missed."""
+        state = await self.broadcast_state(user_id)
+        conditions = {"$and": [visible_to(user_id), {"_id": {"$gt": after}}]}
+        found = await Notification.find(conditions).sort([("_id", SortDirection.ASCENDING)]).limit(limit).to_list()
+        return [n.public(state.is_read(n)) for n in found]
+
+    async def unread_count(self, user_id: PydanticObjectId) -> int:
+        state = await self.broadcast_state(user_id)
+        direct = await Notification.find({"recipient_id": user_id, "read_at": None}).count()
+        broadcasts = await Notification.find({"recipient_id": None, "_id": {"$gt": state.floor}}).count()
+        return direct + broadcasts - len(state.read_ids)
+
+    async def mark_read(self, user_id: PydanticObjectId, notification_id: str) -> None:
+        oid = parse_object_id(notification_id)
+        notification = await Notification.find_one({"$and": [visible_to(user_id), {"_id": oid}]}) if oid else None
+        if notification is None or oid is None:
+            raise NotFound("No such notification.")
+        if not notification.is_broadcast:
+            if notification.read_at is None:
+                await Notification.find_one({"_id": oid, "read_at": None}).update(
+                    {"$set": {"read_at": datetime.now(UTC)}}
+                )
+            return
+        state = await self.broadcast_state(user_id)
+        if state.is_read(notification):
+            return
+        with contextlib.suppress(DuplicateKeyError):  # read twice at once: already recorded
+            await BroadcastReceipt(notification_id=oid, user_id=user_id).insert()
+
+    async def mark_all_read(self, user_id: PydanticObjectId) -> None:
+        await Notification.find({"recipient_id": user_id, "read_at": None}).update(
+            {"$set": {"read_at": datetime.now(UTC)}}
+        )
+        newest = (
+            await Notification.find({"recipient_id": None}).sort([("_id", SortDirection.DESCENDING)]).limit(1).to_list()
+        )
+        if not newest or newest[0].id is None:
+            return
+        watermark = newest[0].id
+        inbox = await Inbox.get(user_id)
+        if inbox is None:
+            await Inbox(id=user_id, broadcasts_read_through=watermark).save()
+        elif inbox.broadcasts_read_through is None or inbox.broadcasts_read_through < watermark:
+            await inbox.set({Inbox.broadcasts_read_through: watermark})
+        await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$lte": watermark}}).delete()
