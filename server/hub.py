@@ -28,6 +28,7 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 500
+MAX_TRACKED = 1024
 
 
 class CloseCode:
@@ -67,6 +68,7 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "closing",
+        "delivered",
         "expires_at",
         "last_id",
         "pending",
@@ -99,6 +101,8 @@ class Connection:
         # While replaying from MongoDB, live frames wait here: (id, frame).
         self.pending: list[tuple[str, bytes]] | None = None
         self.pending_bytes = 0
+        # Ids written since the socket went live, until its first resume, so the replay skips them.
+        self.delivered: set[str] | None = set()
         self.closing = False
 
 
@@ -180,6 +184,10 @@ class Hub:
             return
         transport.write(frame)
         self.deliveries += 1
+        if conn.delivered is not None:
+            if len(conn.delivered) >= MAX_TRACKED:
+                conn.delivered.clear()  # a resume comes right after "ready"; only the newest ids matter
+            conn.delivered.add(notification_id)
         if notification_id > conn.last_id:  # same-length hex ids compare like the ObjectIds
             conn.last_id = notification_id
 
@@ -193,13 +201,14 @@ class Hub:
             self.close(conn, CloseCode.LOST_SYNC, "lost sync; reconnect and resume")
             return
         conn.pending, conn.pending_bytes = [], 0
-        sent: set[str] = set()
+        sent, conn.delivered = conn.delivered or set(), None
         try:
             while not conn.closing:
                 batch = await self._notifications.after(user_oid, after_oid, REPLAY_BATCH)
                 for notification in batch:
-                    self._write(conn, notification["id"], notification_frame(notification))
-                    sent.add(notification["id"])
+                    if notification["id"] not in sent:
+                        self._write(conn, notification["id"], notification_frame(notification))
+                        sent.add(notification["id"])
                 if len(batch) < REPLAY_BATCH:
                     break
                 next_oid = parse_object_id(batch[-1]["id"])

@@ -2,12 +2,14 @@
 
 from aiohttp import web
 
-from handlers import auth, health, notifications, users, ws
+from handlers import auth, health, notifications, pages, users, ws
 
 API = "/api/v1"
 
 
 def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/", pages.index)
+    app.router.add_static("/static", pages.STATIC_DIR)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
 
