@@ -2,10 +2,11 @@
 
 from beanie import Document
 
-from documents.notification import BroadcastReceipt, Inbox, Notification
+from documents.audit import AuditEntry
+from documents.notification import BroadcastReceipt, Dispatch, Inbox, Notification
 from documents.session import Session
 from documents.user import User
 
-ALL_DOCUMENTS: list[type[Document]] = [User, Session, Notification, BroadcastReceipt, Inbox]
+ALL_DOCUMENTS: list[type[Document]] = [User, Session, Notification, BroadcastReceipt, Inbox, Dispatch, AuditEntry]
 
-__all__ = ["ALL_DOCUMENTS", "BroadcastReceipt", "Inbox", "Notification", "Session", "User"]
+__all__ = ["ALL_DOCUMENTS", "AuditEntry", "BroadcastReceipt", "Dispatch", "Inbox", "Notification", "Session", "User"]

@@ -17,6 +17,8 @@ class Notification(Document):
     body: str
     data: dict[str, Any] | None = None
     sender_id: PydanticObjectId | None = None
+    # The send this notification came from: one per recipient of a send share it.
+    dispatch_id: Annotated[PydanticObjectId | None, Indexed()] = None
     # Set once on direct notifications; broadcasts keep their read state in receipts.
     read_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -61,3 +63,18 @@ class Inbox(Document):
 
     class Settings:
         name = "inboxes"
+
+
+class Dispatch(Document):
+    """One send: to chosen users (one notification each) or a broadcast (one notification, id = dispatch id)."""
+
+    sender_id: PydanticObjectId | None = None
+    sender_email: str | None = None
+    title: str
+    body: str
+    broadcast: bool
+    recipient_count: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "dispatches"

@@ -4,6 +4,7 @@ from aiohttp import web
 from aiohttp_apigami import docs, match_info_schema, querystring_schema, request_schema, response_schema
 from beanie import PydanticObjectId
 
+from server.audit import Actor
 from server.authenticator import admin_required, auth_required
 from server.keys import notifications_key, principal_key, validated_key
 from server.openapi import BEARER, error_responses
@@ -39,7 +40,7 @@ async def send(request: web.Request) -> web.Response:
         data=data["data"],
         user_ids=data.get("user_ids"),
         broadcast=data["broadcast"],
-        sender_id=request[principal_key].user_id,
+        sender=await Actor.load(request[principal_key].user_id),
     )
     body = {"broadcast": data["broadcast"], "notifications": [n.public(read=False) for n in sent]}
     return web.json_response(body, status=201)

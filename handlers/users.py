@@ -3,6 +3,7 @@
 from aiohttp import web
 from aiohttp_apigami import docs, match_info_schema, querystring_schema, request_schema, response_schema
 
+from server.audit import Actor
 from server.authenticator import admin_required, auth_required
 from server.errors import Forbidden
 from server.keys import accounts_key, path_key, principal_key, validated_key
@@ -96,7 +97,8 @@ async def get_user(request: web.Request) -> web.Response:
 async def patch_user(request: web.Request) -> web.Response:
     accounts = request.app[accounts_key]
     user = await accounts.get(request[path_key]["user_id"])
-    user = await accounts.update_by_admin(user, request[validated_key].copy())
+    actor = await Actor.load(request[principal_key].user_id)
+    user = await accounts.update_by_admin(actor, user, request[validated_key].copy())
     return web.json_response(user.public())
 
 
@@ -110,5 +112,6 @@ async def patch_user(request: web.Request) -> web.Response:
 @admin_required
 async def delete_user(request: web.Request) -> web.Response:
     accounts = request.app[accounts_key]
-    await accounts.delete(await accounts.get(request[path_key]["user_id"]))
+    actor = await Actor.load(request[principal_key].user_id)
+    await accounts.delete(actor, await accounts.get(request[path_key]["user_id"]))
     return web.Response(status=204)

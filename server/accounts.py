@@ -13,6 +13,7 @@ from pymongo.errors import OperationFailure
 
 from documents import Session, User
 from documents.user import email_key, username_key
+from server.audit import Actor, AuditLog
 from server.authenticator import Authenticator, parse_object_id
 from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.notifications import NotificationService
@@ -36,6 +37,7 @@ class AccountService:
     sessions: SessionService
     authenticator: Authenticator
     notifications: NotificationService
+    audit: AuditLog
 
     async def register(
         self, *, email: str, username: str, password: str, full_name: str | None = None, is_admin: bool = False
@@ -50,6 +52,7 @@ class AccountService:
             is_admin=is_admin,
         )
         await self._unique_write(user, user.insert)
+        await self.audit.record(None, "user.registered", target_id=user.id, target_label=user.email)
         return user
 
     async def get(self, user_id: str) -> User:
@@ -74,13 +77,17 @@ class AccountService:
                 raise Forbidden("current_password is incorrect.")
         return await self._apply(user, changes)
 
-    async def update_by_admin(self, user: User, changes: dict[str, Any]) -> User:
+    async def update_by_admin(self, actor: Actor | None, user: User, changes: dict[str, Any]) -> User:
         if not changes.keys() <= ADMIN_FIELDS:
             raise ValidationFailed(details={field: ["Unknown field."] for field in changes.keys() - ADMIN_FIELDS})
         loses_admin = changes.get("is_active") is False or changes.get("is_admin") is False
         if loses_admin and user.is_admin and user.is_active:
             await self._keep_an_admin(user)
         user = await self._apply(user, changes)
+        shown = {k: v for k, v in changes.items() if k != "password"}
+        await self.audit.record(
+            actor, "user.updated", target_id=user.id, target_label=user.email, details={"changes": shown}
+        )
         await self.notifications.send(
             title="Your account was changed by an administrator",
             body="Changed: " + ", ".join(sorted(changes)) + ".",
@@ -89,13 +96,20 @@ class AccountService:
         )
         return user
 
-    async def delete(self, user: User) -> None:
+    async def delete(self, actor: Actor | None, user: User) -> None:
         if user.is_admin and user.is_active:
             await self._keep_an_admin(user)
         assert user.id is not None
         await Session.find({"user_id": user.id}).delete()
         await user.delete()
         await self.authenticator.user_changed(str(user.id))
+        await self.audit.record(actor, "user.deleted", target_id=user.id, target_label=user.email)
+
+    async def revoke_sessions(self, actor: Actor | None, user: User) -> None:
+        """An admin ends every session of a user."""
+        assert user.id is not None
+        await self.sessions.revoke_all(user.id)
+        await self.audit.record(actor, "user.sessions_revoked", target_id=user.id, target_label=user.email)
 
     async def search(
         self,

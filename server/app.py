@@ -17,10 +17,12 @@ from pymongo import AsyncMongoClient
 
 from documents import ALL_DOCUMENTS
 from server.accounts import AccountService
+from server.audit import AuditLog
 from server.authenticator import Authenticator
 from server.hub import Hub
 from server.keys import (
     accounts_key,
+    audit_key,
     authenticator_key,
     broker_key,
     hash_executor_key,
@@ -109,9 +111,11 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[authenticator_key] = authenticator
     sessions = SessionService(settings, passwords, app[tokens_key], app[limiter_key], authenticator)
     app[sessions_key] = sessions
-    notifications = NotificationService(app[broker_key])
+    audit = AuditLog()
+    app[audit_key] = audit
+    notifications = NotificationService(app[broker_key], audit)
     app[notifications_key] = notifications
-    app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications)
+    app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit)
     app[hub_key] = Hub(settings, app[broker_key], notifications, authenticator)
     yield
     executor.shutdown(wait=True, cancel_futures=True)

@@ -59,7 +59,7 @@ async def create_admin(settings: Settings, email: str, username: str, password: 
         accounts = runner.app[accounts_key]
         user = await User.find_one(User.email_key == email_key(email))
         if user is not None:
-            await accounts.update_by_admin(user, {"is_admin": True, "is_active": True})
+            await accounts.update_by_admin(None, user, {"is_admin": True, "is_active": True})
             return f"promoted {user.email} to admin"
         try:
             data = RegisterSchema().load({"email": email, "username": username, "password": password or ""})

@@ -8,6 +8,7 @@ from aiohttp import web
 from pymongo import AsyncMongoClient
 
 from server.accounts import AccountService
+from server.audit import AuditLog
 from server.authenticator import Authenticator, Principal
 from server.hub import Hub
 from server.notifications import NotificationService
@@ -30,6 +31,7 @@ sessions_key = web.AppKey("sessions", SessionService)
 accounts_key = web.AppKey("accounts", AccountService)
 notifications_key = web.AppKey("notifications", NotificationService)
 hub_key = web.AppKey("hub", Hub)
+audit_key = web.AppKey("audit", AuditLog)
 
 request_id_key = web.RequestKey("request_id", str)
 principal_key = web.RequestKey("principal", Principal)

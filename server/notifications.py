@@ -13,7 +13,8 @@ from typing import Any
 from beanie import PydanticObjectId, SortDirection
 from pymongo.errors import DuplicateKeyError
 
-from documents import BroadcastReceipt, Inbox, Notification, User
+from documents import BroadcastReceipt, Dispatch, Inbox, Notification, User
+from server.audit import Actor, AuditLog
 from server.authenticator import parse_object_id
 from server.errors import NotFound, ValidationFailed
 from server.pubsub import Broker
@@ -57,8 +58,15 @@ def encode_batch(notifications: Iterable[Notification]) -> bytes:
 
 
 @dataclass(frozen=True)
+class DispatchStats:
+    dispatch: Dispatch
+    read_count: int
+
+
+@dataclass(frozen=True)
 class NotificationService:
     broker: Broker
+    audit: AuditLog
 
     async def send(
         self,
@@ -68,7 +76,7 @@ class NotificationService:
         data: dict[str, Any] | None = None,
         user_ids: list[str] | None = None,
         broadcast: bool = False,
-        sender_id: str | None = None,
+        sender: Actor | None = None,
     ) -> list[Notification]:
         """Store the notifications (one per recipient, or one broadcast), then publish them.
 
@@ -77,26 +85,46 @@ class NotificationService:
         """
         if data is not None and len(json.dumps(data)) > MAX_DATA_BYTES:
             raise ValidationFailed(details={"data": [f"At most {MAX_DATA_BYTES} bytes of JSON."]})
-        sender = parse_object_id(sender_id) if sender_id else None
         if broadcast:
             recipients: list[PydanticObjectId | None] = [None]
         else:
             recipients = list(await self._existing_users(user_ids or []))
         now = datetime.now(UTC)
+        dispatch = Dispatch(
+            id=PydanticObjectId(),
+            sender_id=sender.id if sender else None,
+            sender_email=sender.email if sender else None,
+            title=title,
+            body=body,
+            broadcast=broadcast,
+            recipient_count=len(recipients),
+            created_at=now,
+        )
         notifications = [
             Notification(
-                id=PydanticObjectId(),
+                # A broadcast shares its dispatch's id, so its read count is found from either.
+                id=dispatch.id if broadcast else PydanticObjectId(),
                 recipient_id=recipient,
                 title=title,
                 body=body,
                 data=data,
-                sender_id=sender,
+                sender_id=dispatch.sender_id,
+                dispatch_id=dispatch.id,
                 created_at=now,
             )
             for recipient in recipients
         ]
         await Notification.insert_many(notifications)
+        await dispatch.insert()
         await self.publish(notifications)
+        if sender is not None:
+            await self.audit.record(
+                sender,
+                "notification.sent",
+                target_id=dispatch.id,
+                target_label=title,
+                details={"broadcast": broadcast, "recipients": len(recipients)},
+            )
         return notifications
 
     async def publish(self, notifications: list[Notification]) -> None:
@@ -195,3 +223,25 @@ class NotificationService:
         elif inbox.broadcasts_read_through is None or inbox.broadcasts_read_through < watermark:
             await inbox.set({Inbox.broadcasts_read_through: watermark})
         await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$lte": watermark}}).delete()
+
+    async def dispatches(self, *, before: str | None = None, limit: int = 20) -> tuple[list[DispatchStats], str | None]:
+        """What was sent, newest first, with how many recipients have read each."""
+        conditions: dict[str, Any] = {}
+        if before is not None:
+            oid = parse_object_id(before)
+            if oid is None:
+                raise ValidationFailed(details={"before": ["Not a valid id."]})
+            conditions["_id"] = {"$lt": oid}
+        found = await Dispatch.find(conditions).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list()
+        more = len(found) > limit
+        found = found[:limit]
+        stats = [DispatchStats(dispatch, await self._read_count(dispatch)) for dispatch in found]
+        return stats, (str(found[-1].id) if more else None)
+
+    @staticmethod
+    async def _read_count(dispatch: Dispatch) -> int:
+        if not dispatch.broadcast:
+            return await Notification.find({"dispatch_id": dispatch.id, "read_at": {"$ne": None}}).count()
+        receipts = await BroadcastReceipt.find({"notification_id": dispatch.id}).count()
+        read_all = await Inbox.find({"broadcasts_read_through": {"$gte": dispatch.id}}).count()
+        return receipts + read_all

@@ -105,8 +105,15 @@ class SessionService:
         new_jti = uuid.uuid4().hex
         now = datetime.now(UTC)
         # Compare-and-set on the current jti: of two uses of the same token, exactly one wins.
+        # A session ends at its expiry, although the refresh tokens rotated later expire after it.
         result = await Session.find_one(
-            {"_id": session_id, "user_id": user_id, "refresh_jti": claims.jti, "revoked_at": None}
+            {
+                "_id": session_id,
+                "user_id": user_id,
+                "refresh_jti": claims.jti,
+                "revoked_at": None,
+                "expires_at": {"$gt": now},
+            }
         ).update({"$set": {"refresh_jti": new_jti, "last_used_at": now}})
         if not isinstance(result, UpdateResult) or result.modified_count != 1:
             await self.revoke(session_id)

@@ -1,0 +1,64 @@
+"""Recording and reading the audit log; services call `record` for every administrative change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from beanie import PydanticObjectId, SortDirection
+
+from documents import AuditEntry, User
+from server.authenticator import parse_object_id
+from server.errors import ValidationFailed
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a change: an admin through the API or the panel, or None for the system and the CLI."""
+
+    id: PydanticObjectId
+    email: str
+
+    @classmethod
+    async def load(cls, user_id: str) -> Actor | None:
+        oid = parse_object_id(user_id)
+        user = await User.get(oid) if oid else None
+        return cls(user.id, user.email) if user and user.id else None
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    items: list[AuditEntry]
+    next_before: str | None
+
+
+class AuditLog:
+    async def record(
+        self,
+        actor: Actor | None,
+        action: str,
+        *,
+        target_id: PydanticObjectId | None = None,
+        target_label: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        await AuditEntry(
+            actor_id=actor.id if actor else None,
+            actor_email=actor.email if actor else None,
+            action=action,
+            target_id=target_id,
+            target_label=target_label,
+            details=details or {},
+        ).insert()
+
+    async def page(self, *, before: str | None = None, limit: int = 50) -> AuditPage:
+        conditions: dict[str, Any] = {}
+        if before is not None:
+            oid = parse_object_id(before)
+            if oid is None:
+                raise ValidationFailed(details={"before": ["Not a valid id."]})
+            conditions["_id"] = {"$lt": oid}
+        entries = await AuditEntry.find(conditions).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list()
+        more = len(entries) > limit
+        entries = entries[:limit]
+        return AuditPage(entries, str(entries[-1].id) if more else None)
