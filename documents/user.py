@@ -8,7 +8,9 @@ from pydantic import Field
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now, to the millisecond: what MongoDB stores, so a response shows what a later read returns."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def email_key(email: str) -> str:

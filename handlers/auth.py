@@ -11,7 +11,7 @@ from server.schemas import LoginSchema, RefreshSchema, RegisterSchema, TokenPair
 
 def client_address(request: web.Request) -> str:
     """The caller's address; behind a trusted proxy, the last hop it appended to X-Forwarded-For."""
-    if request.app[settings_key].trust_forwarded_for:
+    if request.config_dict[settings_key].trust_forwarded_for:
         forwarded = request.headers.get("X-Forwarded-For", "")
         hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
         if hops:
@@ -28,7 +28,7 @@ async def register(request: web.Request) -> web.Response:
     return web.json_response(user.public(), status=201)
 
 
-@docs(tags=["auth"], summary="Log in with email and password", responses=error_responses(400, 401, 403, 422, 429))
+@docs(tags=["auth"], summary="Log in with email and password", responses=error_responses(400, 401, 403, 413, 422, 429))
 @request_schema(LoginSchema)
 @response_schema(TokenPairSchema, 200)
 async def login(request: web.Request) -> web.Response:
@@ -39,7 +39,7 @@ async def login(request: web.Request) -> web.Response:
     return web.json_response(pair.body())
 
 
-@docs(tags=["auth"], summary="Rotate a refresh token", responses=error_responses(400, 401, 422))
+@docs(tags=["auth"], summary="Rotate a refresh token", responses=error_responses(400, 401, 413, 422))
 @request_schema(RefreshSchema)
 @response_schema(TokenPairSchema, 200)
 async def refresh(request: web.Request) -> web.Response:
@@ -51,7 +51,7 @@ async def refresh(request: web.Request) -> web.Response:
     tags=["auth"],
     summary="Log out: the refresh token and the calling access token stop working",
     security=BEARER,
-    responses={204: {"description": "Logged out"}, **error_responses(400, 401, 422)},
+    responses={204: {"description": "Logged out"}, **error_responses(400, 401, 413, 422)},
 )
 @request_schema(RefreshSchema)
 @auth_required

@@ -1,7 +1,7 @@
 """A user's notifications, and sending them (admin)."""
 
 from aiohttp import web
-from aiohttp_apigami import docs, match_info_schema, querystring_schema, request_schema, response_schema
+from aiohttp_apigami import docs, request_schema, response_schema
 from beanie import PydanticObjectId
 
 from server.audit import Actor
@@ -52,7 +52,8 @@ async def send(request: web.Request) -> web.Response:
     security=BEARER,
     responses=error_responses(401, 422),
 )
-@querystring_schema(NotificationListQuerySchema)
+# Not querystring_schema: it would put the data under the string key "querystring", not validated_key.
+@request_schema(NotificationListQuerySchema, location="querystring")
 @response_schema(NotificationPageSchema, 200)
 @auth_required
 async def list_own(request: web.Request) -> web.Response:
@@ -81,7 +82,7 @@ async def unread_count(request: web.Request) -> web.Response:
     security=BEARER,
     responses={204: {"description": "Marked read"}, **error_responses(401, 404, 422)},
 )
-@match_info_schema(NotificationIdSchema)
+@request_schema(NotificationIdSchema, location="match_info")  # into validated_key, as the handler reads
 @auth_required
 async def mark_read(request: web.Request) -> web.Response:
     await request.app[notifications_key].mark_read(caller_id(request), request[validated_key]["notification_id"])

@@ -51,7 +51,8 @@ async def patch_me(request: web.Request) -> web.Response:
     security=BEARER,
     responses=error_responses(401, 403, 422),
 )
-@querystring_schema(UserListQuerySchema)
+# put_into=None: into validated_key, where the handler reads it (the decorator's default is "querystring").
+@querystring_schema(UserListQuerySchema, put_into=None)
 @response_schema(UserPageSchema, 200)
 @admin_required
 async def list_users(request: web.Request) -> web.Response:

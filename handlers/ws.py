@@ -110,6 +110,8 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse, hub: Hub, conn
             await ws.send_json({"type": "error", "code": code, "message": text})
 
     async for msg in ws:
+        if msg.type == WSMsgType.ERROR:
+            break  # aiohttp already closed the socket (1009 for an oversized frame); nothing more can be sent
         if msg.type != WSMsgType.TEXT:
             await error("unsupported", "Only JSON text messages are accepted.")
             continue

@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from beanie import SortDirection
 from pymongo.errors import OperationFailure
 
 from documents import Session, User
-from documents.user import email_key, username_key
+from documents.user import email_key, username_key, utcnow
 from server.audit import Actor, AuditLog
 from server.authenticator import Authenticator, parse_object_id
 from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -151,7 +150,7 @@ class AccountService:
         if "password" in changes:
             update["password_hash"] = await self.passwords.hash(changes["password"])
         revokes = "password" in changes or (changes.get("is_active") is False and user.is_active)
-        update["updated_at"] = datetime.now(UTC)
+        update["updated_at"] = utcnow()
         for field, value in update.items():
             setattr(user, field, value)
         await self._unique_write(user, lambda: User.find_one({"_id": user.id}).update({"$set": update}))

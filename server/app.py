@@ -12,19 +12,20 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp_apigami import validation_middleware
-from beanie import init_beanie
 from pymongo import AsyncMongoClient
 
-from documents import ALL_DOCUMENTS
 from server.accounts import AccountService
 from server.audit import AuditLog
 from server.authenticator import Authenticator
+from server.dashboard import ConnectionGauge
+from server.db import init_database
 from server.hub import Hub
 from server.keys import (
     accounts_key,
     audit_key,
     authenticator_key,
     broker_key,
+    gauge_key,
     hash_executor_key,
     hub_key,
     limiter_key,
@@ -39,6 +40,7 @@ from server.keys import (
 from server.middlewares import auth_middleware, error_middleware, request_id_middleware, security_headers
 from server.notifications import NotificationService
 from server.openapi import setup_openapi
+from server.panel import create_admin_app
 from server.pubsub import MemoryBroker, RedisBroker
 from server.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from server.routes import setup_routes
@@ -74,7 +76,7 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         await _retry_until_ready("MongoDB", lambda: client.admin.command("ping"), settings.startup_timeout)
-        await init_beanie(database=client[settings.mongodb_db], document_models=ALL_DOCUMENTS)
+        await init_database(client[settings.mongodb_db])
         app[mongo_key] = client
         yield
     finally:
@@ -116,7 +118,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     notifications = NotificationService(app[broker_key], audit)
     app[notifications_key] = notifications
     app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit)
-    app[hub_key] = Hub(settings, app[broker_key], notifications, authenticator)
+    hub = Hub(settings, app[broker_key], notifications, authenticator)
+    app[hub_key] = hub
+    app[gauge_key] = ConnectionGauge(hub, app.get(redis_key), settings.redis_prefix)
     yield
     executor.shutdown(wait=True, cancel_futures=True)
 
@@ -147,6 +151,7 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(sweep_sessions(), name="session-sweeper"),
         asyncio.create_task(app[hub_key].expire_tokens(), name="ws-token-expiry"),
+        asyncio.create_task(app[gauge_key].report_forever(), name="ws-connection-gauge"),
     ]
     yield
     for task in tasks:
@@ -173,6 +178,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(security_headers)
     setup_routes(app)
     setup_openapi(app)
+    app.add_subapp("/admin/", create_admin_app())
     return app
 
 

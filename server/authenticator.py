@@ -21,7 +21,7 @@ from bson.errors import InvalidId
 from documents import Session, User
 from server.errors import InvalidToken
 from server.pubsub import Broker
-from server.security import Claims, InvalidTokenError, Tokens
+from server.security import Claims, InvalidTokenError, Tokens, TokenType
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ class Authenticator:
         self._tokens = tokens
         self._broker = broker
         self._max_entries = max_entries
-        self._claims: dict[str, Claims] = {}
+        # Per token type, so a token decoded as one type is never found in the cache as another.
+        self._claims: dict[TokenType, dict[str, Claims]] = {"access": {}, "panel": {}}
         self._users: dict[str, UserState] = {}
         self._sessions: dict[str, float] = {}  # live session id -> its expiry
         # Bumped by every invalidation, so a read that raced with one is not cached.
@@ -97,17 +98,19 @@ class Authenticator:
         broker.on_connect(self.clear)
         broker.on_disconnect(self.clear)
 
-    async def authenticate(self, token: str) -> Principal:
-        claims = self._claims.get(token)
+    async def authenticate(self, token: str, kind: TokenType = "access") -> Principal:
+        """Check an access token (or the panel's session token) and that its session and user still stand."""
+        cache = self._claims[kind]
+        claims = cache.get(token)
         if claims is None:
             try:
-                claims = self._tokens.decode("access", token)
+                claims = self._tokens.decode(kind, token)
             except InvalidTokenError:
                 raise InvalidToken() from None
-            self._remember(self._claims, token, claims)
+            self._remember(cache, token, claims)
         if claims.expires_at <= time.time():
-            self._claims.pop(token, None)
-            raise InvalidToken("The access token has expired.")
+            cache.pop(token, None)
+            raise InvalidToken("The token has expired.")
         user = await self.user_state(claims.user_id)
         if user is None or not user.is_active or user.token_version != claims.version:
             raise InvalidToken()

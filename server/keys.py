@@ -10,6 +10,7 @@ from pymongo import AsyncMongoClient
 from server.accounts import AccountService
 from server.audit import AuditLog
 from server.authenticator import Authenticator, Principal
+from server.dashboard import ConnectionGauge
 from server.hub import Hub
 from server.notifications import NotificationService
 from server.pubsub import Broker
@@ -32,6 +33,7 @@ accounts_key = web.AppKey("accounts", AccountService)
 notifications_key = web.AppKey("notifications", NotificationService)
 hub_key = web.AppKey("hub", Hub)
 audit_key = web.AppKey("audit", AuditLog)
+gauge_key = web.AppKey("gauge", ConnectionGauge)
 
 request_id_key = web.RequestKey("request_id", str)
 principal_key = web.RequestKey("principal", Principal)

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 NOTIFY_TOPIC = "notify"
 MAX_DATA_BYTES = 4096
+# BSON documents nest at most 100 levels, and deep JSON exhausts Python's recursion limit: keep `data` shallow.
+MAX_DATA_DEPTH = 32
+BSON_INT_RANGE = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,25 @@ class BroadcastState:
             return notification.read_at is not None
         assert notification.id is not None
         return notification.id <= self.floor or notification.id in self.read_ids
+
+
+def data_problem(data: Any) -> str | None:
+    """Why MongoDB could not store `data` as it is, or None; iterative, so any depth is safe to check."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DATA_DEPTH:
+            return f"At most {MAX_DATA_DEPTH} levels of nesting."
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key.startswith("$") or "." in key or "\x00" in key:
+                    return "Keys may not start with '$' or contain '.' or NUL."
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, int) and not isinstance(value, bool) and value not in BSON_INT_RANGE:
+            return "Integers must fit in 64 bits."
+    return None
 
 
 def visible_to(user_id: PydanticObjectId) -> dict[str, Any]:
@@ -83,6 +105,9 @@ class NotificationService:
         Once this returns they are in MongoDB; a failed publish only delays live delivery, because every
         process catches its sockets up from MongoDB when its subscription comes back.
         """
+        problem = data_problem(data)
+        if problem is not None:
+            raise ValidationFailed(details={"data": [problem]})
         if data is not None and len(json.dumps(data)) > MAX_DATA_BYTES:
             raise ValidationFailed(details={"data": [f"At most {MAX_DATA_BYTES} bytes of JSON."]})
         if broadcast:
@@ -90,6 +115,8 @@ class NotificationService:
         else:
             recipients = list(await self._existing_users(user_ids or []))
         now = datetime.now(UTC)
+        # MongoDB keeps milliseconds: the 201 and live frames must show what the inbox and replays will.
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         dispatch = Dispatch(
             id=PydanticObjectId(),
             sender_id=sender.id if sender else None,

@@ -27,9 +27,10 @@ class ObjectIdField(fields.String):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text: str = super()._deserialize(value, attr, data, **kwargs)
-        if parse_object_id(text) is None:
+        oid = parse_object_id(text)
+        if oid is None:
             raise ValidationError("Not a valid id.")
-        return text
+        return str(oid)  # one spelling (lower case) of each id, so ids compare as strings
 
 
 class StrictBoolean(fields.Boolean):

@@ -16,11 +16,16 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from server.settings import Settings
 
-TokenType = Literal["access", "refresh"]
+TokenType = Literal["access", "refresh", "panel"]
 ALGORITHM = "HS256"
 ISSUER = "tidings"
 # Each token type has its own audience, so a refresh token is never accepted as an access token and vice versa.
-AUDIENCES: dict[TokenType, str] = {"access": "tidings:access", "refresh": "tidings:refresh"}
+AUDIENCES: dict[TokenType, str] = {
+    "access": "tidings:access",
+    "refresh": "tidings:refresh",
+    # The admin panel's session cookie: checked like an access token, but never accepted as one.
+    "panel": "tidings:panel",
+}
 REQUIRED_CLAIMS = ["sub", "sid", "jti", "ver", "exp", "iat", "aud", "iss"]
 
 
@@ -77,7 +82,11 @@ class Tokens:
 
     def __init__(self, settings: Settings) -> None:
         self._secret = settings.jwt_secret
-        self.ttl: dict[TokenType, int] = {"access": settings.access_token_ttl, "refresh": settings.refresh_token_ttl}
+        self.ttl: dict[TokenType, int] = {
+            "access": settings.access_token_ttl,
+            "refresh": settings.refresh_token_ttl,
+            "panel": settings.panel_session_ttl,
+        }
 
     def issue(self, kind: TokenType, *, user_id: str, session_id: str, version: int, jti: str | None = None) -> str:
         now = int(time.time())

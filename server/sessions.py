@@ -44,6 +44,19 @@ class SessionService:
 
     async def login(self, email: str, password: str, address: str, user_agent: str | None) -> TokenPair:
         """Check the password (rate-limited per account and per address) and open a session."""
+        user = await self._check_password(email, password, address)
+        session_id, refresh_jti = await self._open(user, user_agent, self.settings.refresh_token_ttl)
+        return self._pair(user, session_id, refresh_jti)
+
+    async def login_panel(self, email: str, password: str, address: str, user_agent: str | None) -> str:
+        """Like login, for the admin panel: admins only; returns the session cookie's token."""
+        user = await self._check_password(email, password, address)
+        if not user.is_admin:
+            raise Forbidden("The admin panel is for administrators only.")
+        session_id, _ = await self._open(user, user_agent, self.settings.panel_session_ttl)
+        return self.tokens.issue("panel", user_id=str(user.id), session_id=session_id, version=user.token_version)
+
+    async def _check_password(self, email: str, password: str, address: str) -> User:
         key = email_key(email)
         # Hashed, so rate-limit keys never hold an address or email in clear text.
         account_key = "login:account:" + hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -66,19 +79,20 @@ class SessionService:
         await self.limiter.reset(account_key)
         if needs_rehash:
             await user.set({User.password_hash: await self.passwords.hash(password)})
-        return await self._open(user, user_agent)
+        return user
 
-    async def _open(self, user: User, user_agent: str | None) -> TokenPair:
+    async def _open(self, user: User, user_agent: str | None, ttl: int) -> tuple[str, str]:
+        """Store a new session; return its id and its first refresh jti."""
         assert user.id is not None
         refresh_jti = uuid.uuid4().hex
         session = Session(
             user_id=user.id,
             refresh_jti=refresh_jti,
-            expires_at=datetime.now(UTC) + timedelta(seconds=self.settings.refresh_token_ttl),
+            expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
             user_agent=(user_agent or "")[:200] or None,
         )
         await session.insert()
-        return self._pair(user, str(session.id), refresh_jti)
+        return str(session.id), refresh_jti
 
     def _pair(self, user: User, session_id: str, refresh_jti: str) -> TokenPair:
         user_id, version = str(user.id), user.token_version
@@ -144,6 +158,11 @@ class SessionService:
         await User.find_one({"_id": user_id}).update({"$inc": {"token_version": 1}})
         await Session.find({"user_id": user_id, "revoked_at": None}).update({"$set": {"revoked_at": datetime.now(UTC)}})
         await self.authenticator.user_changed(str(user_id))
+
+    async def active_count(self, user: User) -> int:
+        return await Session.find(
+            {"user_id": user.id, "revoked_at": None, "expires_at": {"$gt": datetime.now(UTC)}}
+        ).count()
 
     async def delete_expired(self) -> int:
         """Remove sessions past their expiry (FerretDB has no TTL indexes, so this runs periodically)."""

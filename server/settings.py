@@ -66,6 +66,9 @@ class Settings:
     jwt_secret: str = field(default="", repr=False)
     access_token_ttl: int = 15 * 60
     refresh_token_ttl: int = 14 * 24 * 3600
+    panel_session_ttl: int = 8 * 3600
+    # Secure cookies for the admin panel; None: only in production (development runs on plain http).
+    cookie_secure: bool | None = None
 
     # Argon2id cost; OWASP's second recommended profile by default (19 MiB, t=2, p=1).
     password_time_cost: int = 2
@@ -110,6 +113,8 @@ class Settings:
             jwt_secret=env.get("JWT_SECRET", ""),
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", cls.access_token_ttl),
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
+            panel_session_ttl=_int(env, "PANEL_SESSION_TTL", cls.panel_session_ttl),
+            cookie_secure=_bool(env, "COOKIE_SECURE", False) if env.get("COOKIE_SECURE") else None,
             password_time_cost=_int(env, "PASSWORD_TIME_COST", cls.password_time_cost),
             password_memory_kib=_int(env, "PASSWORD_MEMORY_KIB", cls.password_memory_kib),
             password_parallelism=_int(env, "PASSWORD_PARALLELISM", cls.password_parallelism),
@@ -127,6 +132,10 @@ class Settings:
             access_log=_bool(env, "ACCESS_LOG", cls.access_log),
         )
         return settings.checked()
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.environment == "production" if self.cookie_secure is None else self.cookie_secure
 
     def checked(self) -> Settings:
         """Refuse unsafe settings; outside production, replace a missing JWT secret with a random one, loudly."""

@@ -1,0 +1,39 @@
+// The admin panel's only script (no inline script anywhere): confirmations and the dashboard's live figures.
+"use strict";
+
+document.addEventListener("submit", (event) => {
+  const button = event.submitter;
+  const message = button && button.dataset.confirm;
+  if (message && !window.confirm(message)) event.preventDefault();
+});
+
+const dashboard = document.getElementById("dashboard");
+if (dashboard) {
+  const events = document.getElementById("events");
+  const render = (data) => {
+    for (const el of dashboard.querySelectorAll("[data-stat]")) {
+      const value = el.dataset.stat.split(".").reduce((obj, key) => obj && obj[key], data.stats);
+      if (value !== undefined) el.textContent = String(value);
+    }
+    const items = data.events.map((event) => {
+      const li = document.createElement("li");
+      const time = document.createElement("time");
+      time.textContent = event.created_at.slice(0, 16).replace("T", " ") + " UTC";
+      const action = document.createElement("strong");
+      action.textContent = event.action;
+      const by = document.createElement("span");
+      by.className = "muted";
+      by.textContent = " by " + (event.actor_email || "system");
+      li.append(time, " ", action, event.target_label ? " · " + event.target_label : "", " ", by);
+      return li;
+    });
+    if (items.length) events.replaceChildren(...items);
+  };
+  const refresh = async () => {
+    try {
+      const response = await fetch(dashboard.dataset.source, { headers: { Accept: "application/json" } });
+      if (response.ok) render(await response.json());
+    } catch (err) { /* offline for a moment: try again on the next tick */ }
+  };
+  setInterval(refresh, 5000);
+}
