@@ -32,12 +32,14 @@ async def init_database(database: AsyncDatabase[Any]) -> None:
     """Bind the documents to `database` and create the indexes that are missing.
 
     Beanie re-sends every index on each start, which MongoDB ignores but FerretDB 1.24 answers by dropping the
-    connection when two or more already exist; so only the missing ones are created, here.
+    connection when two or more already exist; so only the missing ones are created, one at a time.
     """
     await init_beanie(database=database, document_models=ALL_DOCUMENTS, skip_indexes=True)
     for model in ALL_DOCUMENTS:
         collection = model.get_pymongo_collection()
         existing = await collection.index_information()
-        missing = [index for index in index_models(model) if index.document["name"] not in existing]
-        if missing:
-            await collection.create_indexes(missing)
+        for index in index_models(model):
+            # One per call: when two processes start together, a call whose indexes all exist by then is safe
+            # only if it holds a single index.
+            if index.document["name"] not in existing:
+                await collection.create_indexes([index])
