@@ -54,6 +54,6 @@ class User(Document):
             "bio": self.bio,
             "is_active": self.is_active,
             "is_admin": self.is_admin,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
+            "created_at": self.created_at.isoformat(timespec="milliseconds"),
+            "updated_at": self.updated_at.isoformat(timespec="milliseconds"),
         }

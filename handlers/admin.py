@@ -15,7 +15,7 @@ from handlers.auth import client_address
 from server.audit import Actor
 from server.authenticator import parse_object_id
 from server.dashboard import dashboard_stats, recent_events
-from server.errors import ApiError, TooManyRequests
+from server.errors import ApiError, Forbidden, TooManyRequests
 from server.keys import accounts_key, audit_key, gauge_key, notifications_key, principal_key, sessions_key
 from server.panel import (
     LOGIN_CSRF_COOKIE,
@@ -42,12 +42,16 @@ async def _actor(request: web.Request) -> Actor | None:
     return await Actor.load(request[principal_key].user_id)
 
 
-def _render_login(request: web.Request, *, error: str | None = None, status: int = 200) -> web.Response:
+def _render_login(
+    request: web.Request, *, error: str | None = None, status: int = 200, next_url: str | None = None
+) -> web.Response:
     token = new_login_csrf()
+    # The page asked for comes in the query of the login page, and in the form when a login attempt failed.
+    wanted = request.query.get("next") if next_url is None else next_url
     response = aiohttp_jinja2.render_template(
         "login.html",
         request,
-        {"login_csrf": token, "error": error, "next": _safe_next(request.query.get("next"))},
+        {"login_csrf": token, "error": error, "next": _safe_next(wanted)},
         status=status,
     )
     set_cookie(response, request, LOGIN_CSRF_COOKIE, token, 3600)
@@ -61,21 +65,26 @@ async def login_page(request: web.Request) -> web.Response:
 
 @public_page
 async def login_submit(request: web.Request) -> web.StreamResponse:
-    # Before a session exists, CSRF is checked by double submit: the form's token must equal the cookie's.
-    await check_csrf(request, request.cookies.get(LOGIN_CSRF_COOKIE, ""))
     form = await request.post()
+    next_url = str(form.get("next", ""))
+    # Before a session exists, CSRF is checked by double submit: the form's token must equal the cookie's.
+    try:
+        await check_csrf(request, request.cookies.get(LOGIN_CSRF_COOKIE, ""))
+    except Forbidden as exc:
+        # A stale form (another login page opened since, or an hour old): a fresh form, not a JSON error.
+        return _render_login(request, error=exc.message, status=exc.status, next_url=next_url)
     email, password = str(form.get("email", ""))[:254], str(form.get("password", ""))[:128]
     try:
         token = await request.config_dict[sessions_key].login_panel(
             email, password, client_address(request), request.headers.get("User-Agent")
         )
     except TooManyRequests as exc:
-        response = _render_login(request, error=exc.message, status=429)
+        response = _render_login(request, error=exc.message, status=429, next_url=next_url)
         response.headers.update(exc.headers)
         return response
     except ApiError as exc:
-        return _render_login(request, error=exc.message, status=exc.status)
-    response = web.HTTPSeeOther(_safe_next(str(form.get("next", ""))))
+        return _render_login(request, error=exc.message, status=exc.status, next_url=next_url)
+    response = web.HTTPSeeOther(_safe_next(next_url))
     set_cookie(response, request, SESSION_COOKIE, token, request.config_dict[sessions_key].settings.panel_session_ttl)
     response.del_cookie(LOGIN_CSRF_COOKIE, path="/admin")
     raise response
@@ -124,10 +133,13 @@ async def users(request: web.Request) -> dict[str, Any]:
         is_admin=_tristate(admin),
     )
     filters = {"q": q, "active": active, "admin": admin}
+    chosen = {k: v for k, v in filters.items() if v}
     next_url = None
     if page.next_before:
-        next_url = "/admin/users?" + urlencode({**{k: v for k, v in filters.items() if v}, "before": page.next_before})
-    return {"users": page.items, "filters": filters, "next_url": next_url, "paged": "before" in raw_query}
+        next_url = "/admin/users?" + urlencode({**chosen, "before": page.next_before})
+    # The first page of the same search, when on a later one.
+    first_url = ("/admin/users?" + urlencode(chosen) if chosen else "/admin/users") if "before" in raw_query else None
+    return {"users": page.items, "filters": filters, "next_url": next_url, "first_url": first_url}
 
 
 async def _user(request: web.Request) -> User:

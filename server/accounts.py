@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,8 @@ from documents.user import email_key, username_key, utcnow
 from server.audit import Actor, AuditLog
 from server.authenticator import Authenticator, parse_object_id
 from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from server.notifications import NotificationService
+from server.locks import Locks
+from server.notifications import NotificationService, new_id
 from server.security import Passwords
 from server.sessions import SessionService
 
@@ -37,6 +39,7 @@ class AccountService:
     authenticator: Authenticator
     notifications: NotificationService
     audit: AuditLog
+    locks: Locks
 
     async def register(
         self, *, email: str, username: str, password: str, full_name: str | None = None, is_admin: bool = False
@@ -49,6 +52,8 @@ class AccountService:
             password_hash=await self.passwords.hash(password),
             full_name=full_name,
             is_admin=is_admin,
+            # From the notifications' clock, after the hash: a broadcast reaches users whose id is older than its.
+            id=new_id(),
         )
         await self._unique_write(user, user.insert)
         await self.audit.record(None, "user.registered", target_id=user.id, target_label=user.email)
@@ -79,10 +84,11 @@ class AccountService:
     async def update_by_admin(self, actor: Actor | None, user: User, changes: dict[str, Any]) -> User:
         if not changes.keys() <= ADMIN_FIELDS:
             raise ValidationFailed(details={field: ["Unknown field."] for field in changes.keys() - ADMIN_FIELDS})
-        loses_admin = changes.get("is_active") is False or changes.get("is_admin") is False
-        if loses_admin and user.is_admin and user.is_active:
-            await self._keep_an_admin(user)
-        user = await self._apply(user, changes)
+        if changes.get("is_active") is False or changes.get("is_admin") is False:
+            async with self._admin_count_held(user):
+                user = await self._apply(user, changes)
+        else:
+            user = await self._apply(user, changes)
         shown = {k: v for k, v in changes.items() if k != "password"}
         await self.audit.record(
             actor, "user.updated", target_id=user.id, target_label=user.email, details={"changes": shown}
@@ -96,11 +102,10 @@ class AccountService:
         return user
 
     async def delete(self, actor: Actor | None, user: User) -> None:
-        if user.is_admin and user.is_active:
-            await self._keep_an_admin(user)
         assert user.id is not None
-        await Session.find({"user_id": user.id}).delete()
-        await user.delete()
+        async with self._admin_count_held(user):
+            await Session.find({"user_id": user.id}).delete()
+            await user.delete()
         await self.authenticator.user_changed(str(user.id))
         await self.audit.record(actor, "user.deleted", target_id=user.id, target_label=user.email)
 
@@ -153,13 +158,25 @@ class AccountService:
         update["updated_at"] = utcnow()
         for field, value in update.items():
             setattr(user, field, value)
-        await self._unique_write(user, lambda: User.find_one({"_id": user.id}).update({"$set": update}))
+        async with self.locks.hold(f"user:{user.id}"):
+            await self._unique_write(user, lambda: User.find_one({"_id": user.id}).update({"$set": update}))
         if revokes:
             await self.sessions.revoke_all(user.id)
             user.token_version += 1
         else:
             await self.authenticator.user_changed(str(user.id))
         return user
+
+    @contextlib.asynccontextmanager
+    async def _admin_count_held(self, leaving: User) -> AsyncIterator[None]:
+        """Around a change that may take an admin away: refuse it if no other active admin would be left.
+
+        One lock for all such changes, so two admins demoting each other at once cannot both succeed.
+        """
+        async with self.locks.hold("active-admins"):
+            if leaving.is_admin and leaving.is_active:
+                await self._keep_an_admin(leaving)
+            yield
 
     async def _keep_an_admin(self, leaving: User) -> None:
         """Refuse a change that would leave no active admin."""

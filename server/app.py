@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from server.keys import (
     settings_key,
     tokens_key,
 )
+from server.locks import Locks
 from server.middlewares import auth_middleware, error_middleware, request_id_middleware, security_headers
 from server.notifications import NotificationService
 from server.openapi import setup_openapi
@@ -111,13 +111,14 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[passwords_key] = passwords
     authenticator = Authenticator(app[tokens_key], app[broker_key])
     app[authenticator_key] = authenticator
-    sessions = SessionService(settings, passwords, app[tokens_key], app[limiter_key], authenticator)
+    locks = Locks(app.get(redis_key), settings.redis_prefix)
+    sessions = SessionService(settings, passwords, app[tokens_key], app[limiter_key], authenticator, locks)
     app[sessions_key] = sessions
     audit = AuditLog()
     app[audit_key] = audit
     notifications = NotificationService(app[broker_key], audit)
     app[notifications_key] = notifications
-    app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit)
+    app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit, locks)
     hub = Hub(settings, app[broker_key], notifications, authenticator)
     app[hub_key] = hub
     app[gauge_key] = ConnectionGauge(hub, app.get(redis_key), settings.redis_prefix)
@@ -125,13 +126,26 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     executor.shutdown(wait=True, cancel_futures=True)
 
 
+async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel tasks and wait until they end, cancelling again any task that swallowed its cancellation.
+
+    On Python 3.11, asyncio.wait_for (which redis-py uses to send commands) can swallow a cancellation that
+    lands just as the command completes (CPython gh-86296, fixed in 3.12): the task runs on, and a plain
+    `await task` would hang the shutdown (or `tidings create-admin`) forever.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the process's one subscription for the app's lifetime; cancelled and awaited on the way out."""
     task = asyncio.create_task(app[broker_key].run(), name="broker")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
 
 
 async def background_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -154,9 +168,7 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(app[gauge_key].report_forever(), name="ws-connection-gauge"),
     ]
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(*tasks)
 
 
 async def close_sockets(app: web.Application) -> None:

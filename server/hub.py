@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 500
 MAX_TRACKED = 1024
+# How long a forced close may take; a peer that has not taken our data by then is dropped (see close_socket).
+CLOSE_TIMEOUT = 5.0
 
 
 class CloseCode:
@@ -56,6 +58,23 @@ def text_frame(payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x81, 127, length)
     return header + payload
+
+
+async def close_socket(
+    ws: web.WebSocketResponse, transport: asyncio.WriteTransport | None, code: int, message: str
+) -> None:
+    """Close with `code` in bounded time, even when the peer stopped reading.
+
+    aiohttp's close() would first wait for the send buffer to drain, forever for such a peer, and a transport's
+    close() keeps the socket until its buffer is flushed: so the buffer is not drained, and is dropped at the end.
+    """
+    try:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await ws.close(code=code, message=message.encode(), drain=False)
+    finally:
+        if transport is not None and transport.get_write_buffer_size():
+            transport.abort()
 
 
 def notification_frame(notification: dict[str, Any]) -> bytes:
@@ -191,19 +210,23 @@ class Hub:
         if notification_id > conn.last_id:  # same-length hex ids compare like the ObjectIds
             conn.last_id = notification_id
 
-    async def replay(self, conn: Connection, after: str) -> None:
-        """Send what the socket missed after `after` from MongoDB, then go live with no gap and no duplicate."""
+    async def replay(self, conn: Connection, after: str, *, held: bool = False) -> None:
+        """Send what the socket missed after `after` from MongoDB, then go live with no gap and no duplicate.
+
+        `held`: the caller already holds live frames back (conn.pending), since the moment it chose `after`.
+        """
         user_oid, after_oid = parse_object_id(conn.user_id), parse_object_id(after)
-        if user_oid is None or after_oid is None:
-            return
-        if conn.pending is not None:
-            # One replay at a time; overlapping ones (a resume during a catch-up) resync through a reconnect.
-            self.close(conn, CloseCode.LOST_SYNC, "lost sync; reconnect and resume")
-            return
-        conn.pending, conn.pending_bytes = [], 0
+        if not held:
+            if user_oid is None or after_oid is None:
+                return
+            if conn.pending is not None:
+                # One replay at a time; overlapping ones (a resume during a catch-up) resync through a reconnect.
+                self.close(conn, CloseCode.LOST_SYNC, "lost sync; reconnect and resume")
+                return
+            conn.pending, conn.pending_bytes = [], 0
         sent, conn.delivered = conn.delivered or set(), None
         try:
-            while not conn.closing:
+            while user_oid is not None and after_oid is not None and not conn.closing:
                 batch = await self._notifications.after(user_oid, after_oid, REPLAY_BATCH)
                 for notification in batch:
                     if notification["id"] not in sent:
@@ -214,7 +237,7 @@ class Hub:
                 next_oid = parse_object_id(batch[-1]["id"])
                 assert next_oid is not None
                 after_oid = next_oid
-            conn.pending = [(nid, frame) for nid, frame in conn.pending if nid not in sent]
+            conn.pending = [(nid, frame) for nid, frame in conn.pending or [] if nid not in sent]
         finally:
             self.go_live(conn)
 
@@ -225,7 +248,7 @@ class Hub:
             return
         conn.closing = True
         self.remove(conn)
-        self.spawn(conn.ws.close(code=code, message=message.encode()))
+        self.spawn(close_socket(conn.ws, conn.transport, code, message))
 
     def _on_auth(self, message: bytes) -> None:
         kind, _, key = message.decode().partition(":")
@@ -247,15 +270,21 @@ class Hub:
 
     def _on_broker_connect(self) -> None:
         # After an outage, catch every socket up from MongoDB: it may have missed what was published meanwhile.
+        # The position is taken and live frames are held now, not when the task runs: a delayed publish arriving
+        # first would otherwise move last_id past what was missed, and those would never be sent.
         if self._broker_was_connected:
             for conns in list(self._by_user.values()):
                 for conn in list(conns):
-                    self.spawn(self._catch_up(conn))
+                    if conn.pending is not None:  # being set up or replayed, maybe from before the outage ended
+                        self.close(conn, CloseCode.LOST_SYNC, "lost sync; reconnect and resume")
+                        continue
+                    conn.pending, conn.pending_bytes = [], 0
+                    self.spawn(self._catch_up(conn, conn.last_id))
         self._broker_was_connected = True
 
-    async def _catch_up(self, conn: Connection) -> None:
+    async def _catch_up(self, conn: Connection, after: str) -> None:
         try:
-            await self.replay(conn, conn.last_id)
+            await self.replay(conn, after, held=True)
         except Exception:
             log.exception("catch-up failed; asking the client to resume")
             self.close(conn, CloseCode.LOST_SYNC, "lost sync; reconnect and resume")
@@ -278,10 +307,18 @@ class Hub:
                         self.close(conn, CloseCode.TOKEN_EXPIRED, "token expired; refresh and reconnect")
 
     async def shutdown(self) -> None:
-        """Close every socket with 1001 (going away): clients reconnect elsewhere and resume."""
-        for ws in list(self.sockets):
-            with contextlib.suppress(Exception):
-                await ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
+        """Close every socket with 1001 (going away), all at once: clients reconnect elsewhere and resume."""
+        transports: dict[web.WebSocketResponse, asyncio.WriteTransport] = {}
+        for conns in list(self._by_user.values()):
+            for conn in conns:
+                conn.closing = True  # nothing is written after the close frame
+                transports[conn.ws] = conn.transport
+        await asyncio.gather(
+            *(
+                close_socket(ws, transports.get(ws), CloseCode.GOING_AWAY, "server shutting down")
+                for ws in list(self.sockets)
+            )
+        )
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

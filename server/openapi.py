@@ -39,7 +39,10 @@ class Parser(AIOHTTPParser):
     async def load_json(self, req: web.Request, schema: m.Schema) -> Any:
         if req.body_exists and not is_json_request(req):
             raise BadRequest("The body must be JSON (Content-Type: application/json).")
-        return await super().load_json(req, schema)
+        try:
+            return await super().load_json(req, schema)
+        except RecursionError:  # nested deeper than Python's parser goes: 400 like any JSON we cannot read
+            raise BadRequest("The body is not valid JSON: nested too deeply.") from None
 
     def _handle_invalid_json_error(self, error: Exception, req: web.Request, *args: Any, **kwargs: Any) -> NoReturn:
         raise BadRequest("The body is not valid JSON.")

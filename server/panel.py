@@ -28,6 +28,8 @@ LOGIN_CSRF_COOKIE = "tidings_login_csrf"
 FLASH_COOKIE = "tidings_flash"
 COOKIE_PATH = "/admin"
 PUBLIC_ATTR = "__tidings_public_page__"
+# Requests that change nothing: pages (HEAD is GET without the body); everything else is an action.
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 # No inline script or style anywhere in the panel: everything comes from /static.
 PANEL_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -105,7 +107,7 @@ async def admin_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Admin session (redirect to login for pages, 401/403 for actions), CSRF on every POST, page headers."""
     if not getattr(request.match_info.handler, PUBLIC_ATTR, False):
         await _require_admin(request)
-        if request.method != "GET":
+        if request.method not in SAFE_METHODS:
             await check_csrf(request, csrf_token_for(request))
     try:
         response = await handler(request)
@@ -132,7 +134,7 @@ async def _require_admin(request: web.Request) -> None:
     if principal is not None and principal.is_admin:
         request[principal_key] = principal
         return
-    if request.method == "GET":
+    if request.method in SAFE_METHODS:
         raise web.HTTPSeeOther(f"/admin/login?next={quote(request.path_qs, safe='')}")
     if principal is None:
         raise NotAuthenticated("An admin session is required.")

@@ -9,6 +9,7 @@ API = "/api/v1"
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/", pages.index)
+    app.router.add_get("/admin", pages.admin_root)
     app.router.add_static("/static", pages.STATIC_DIR)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)

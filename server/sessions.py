@@ -14,6 +14,7 @@ from documents import Session, User
 from documents.user import email_key
 from server.authenticator import Authenticator, parse_object_id
 from server.errors import Forbidden, InvalidCredentials, InvalidToken, TooManyRequests
+from server.locks import Locks
 from server.ratelimit import RateLimiter
 from server.security import InvalidTokenError, Passwords, Tokens
 from server.settings import Settings
@@ -41,6 +42,7 @@ class SessionService:
     tokens: Tokens
     limiter: RateLimiter
     authenticator: Authenticator
+    locks: Locks
 
     async def login(self, email: str, password: str, address: str, user_agent: str | None) -> TokenPair:
         """Check the password (rate-limited per account and per address) and open a session."""
@@ -78,7 +80,9 @@ class SessionService:
             raise Forbidden("This account is deactivated.")
         await self.limiter.reset(account_key)
         if needs_rehash:
-            await user.set({User.password_hash: await self.passwords.hash(password)})
+            new_hash = await self.passwords.hash(password)
+            async with self.locks.hold(f"user:{user.id}"):
+                await User.find_one({"_id": user.id}).update({"$set": {"password_hash": new_hash}})
         return user
 
     async def _open(self, user: User, user_agent: str | None, ttl: int) -> tuple[str, str]:
@@ -118,21 +122,23 @@ class SessionService:
             raise InvalidToken("The refresh token is no longer valid.")
         new_jti = uuid.uuid4().hex
         now = datetime.now(UTC)
-        # Compare-and-set on the current jti: of two uses of the same token, exactly one wins.
-        # A session ends at its expiry, although the refresh tokens rotated later expire after it.
-        result = await Session.find_one(
-            {
-                "_id": session_id,
-                "user_id": user_id,
-                "refresh_jti": claims.jti,
-                "revoked_at": None,
-                "expires_at": {"$gt": now},
-            }
-        ).update({"$set": {"refresh_jti": new_jti, "last_used_at": now}})
-        if not isinstance(result, UpdateResult) or result.modified_count != 1:
-            await self.revoke(session_id)
-            raise InvalidToken("The refresh token was already used; this session is revoked.")
-        return self._pair(user, claims.session_id, new_jti)
+        # Compare-and-set on the current jti, under the session's lock (FerretDB's updates are not atomic on
+        # their own): of two uses of one token exactly one rotates, and the other revokes the family. A session
+        # ends at its expiry, although the refresh tokens rotated later expire after it.
+        async with self.locks.hold(f"session:{session_id}"):
+            result = await Session.find_one(
+                {
+                    "_id": session_id,
+                    "user_id": user_id,
+                    "refresh_jti": claims.jti,
+                    "revoked_at": None,
+                    "expires_at": {"$gt": now},
+                }
+            ).update({"$set": {"refresh_jti": new_jti, "last_used_at": now}})
+        if isinstance(result, UpdateResult) and result.modified_count == 1:
+            return self._pair(user, claims.session_id, new_jti)
+        await self.revoke(session_id)
+        raise InvalidToken("The refresh token was already used; this session is revoked.")
 
     async def logout(self, refresh_token: str, caller_user_id: str, caller_session_id: str) -> None:
         """End the caller's session and the session of the given refresh token, if it is the caller's."""
@@ -147,15 +153,17 @@ class SessionService:
     async def revoke(self, session_id: PydanticObjectId | None) -> None:
         if session_id is None:
             return
-        await Session.find_one({"_id": session_id, "revoked_at": None}).update(
-            {"$set": {"revoked_at": datetime.now(UTC)}}
-        )
+        async with self.locks.hold(f"session:{session_id}"):
+            await Session.find_one({"_id": session_id, "revoked_at": None}).update(
+                {"$set": {"revoked_at": datetime.now(UTC)}}
+            )
         await self.authenticator.session_revoked(str(session_id))
 
     async def revoke_all(self, user_id: PydanticObjectId) -> None:
         """End every session and token of a user: logout everywhere, password change, deactivation."""
         # The version bump kills every outstanding token at once; revoking the sessions stops refreshes too.
-        await User.find_one({"_id": user_id}).update({"$inc": {"token_version": 1}})
+        async with self.locks.hold(f"user:{user_id}"):
+            await User.find_one({"_id": user_id}).update({"$inc": {"token_version": 1}})
         await Session.find({"user_id": user_id, "revoked_at": None}).update({"$set": {"revoked_at": datetime.now(UTC)}})
         await self.authenticator.user_changed(str(user_id))
 

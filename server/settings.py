@@ -21,13 +21,17 @@ class SettingsError(ValueError):
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    """A positive integer: every count, size, cost and lifetime here must be at least 1."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise SettingsError(f"{name} must be a positive integer, got {raw!r}")
+    return value
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -135,3 +135,25 @@ class Accounts:
 @pytest.fixture
 def accounts(client: TestClient[Any, Any]) -> Accounts:
     return Accounts(client)
+
+
+AppFactory = Callable[..., Awaitable[tuple[TestClient[Any, Any], Accounts, Settings]]]
+
+
+@pytest.fixture
+async def make_client(aiohttp_client: ClientFactory) -> AsyncIterator[AppFactory]:
+    """For a test that needs its own settings (make_settings overrides): a client, its Accounts and settings.
+
+    Beanie binds documents to one database per process, so a test uses either this or `client`, never both.
+    """
+    made: list[Settings] = []
+
+    async def make(**overrides: Any) -> tuple[TestClient[Any, Any], Accounts, Settings]:
+        settings = make_settings(**overrides)
+        made.append(settings)
+        client = await aiohttp_client(create_app(settings))
+        return client, Accounts(client), settings
+
+    yield make
+    for settings in made:
+        await drop_test_data(settings)

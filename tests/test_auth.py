@@ -1,0 +1,553 @@
+"""POST /auth/register, /auth/login, /auth/refresh, /auth/logout and /auth/logout-all."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from beanie import PydanticObjectId
+
+from documents import Session, User
+from server.settings import Settings
+from tests.conftest import PASSWORD, Account, Accounts, AppFactory
+from tests.helpers import API, claims_of, error_of, expired, json_of
+
+REGISTER = f"{API}/auth/register"
+LOGIN = f"{API}/auth/login"
+REFRESH = f"{API}/auth/refresh"
+LOGOUT = f"{API}/auth/logout"
+LOGOUT_ALL = f"{API}/auth/logout-all"
+ME = f"{API}/users/me"
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
+PUBLIC_FIELDS = {"id", "email", "username", "full_name", "bio", "is_active", "is_admin", "created_at", "updated_at"}
+
+
+def new_user(**fields: Any) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    return {"email": f"reg-{tag}@example.com", "username": f"reg_{tag}", "password": PASSWORD, **fields}
+
+
+async def can_log_in(client: TestClient[Any, Any], email: str, password: str = PASSWORD) -> bool:
+    response = await client.post(LOGIN, json={"email": email, "password": password})
+    assert response.status in (200, 401), await response.text()
+    return response.status == 200
+
+
+async def me_status(client: TestClient[Any, Any], access_token: str) -> int:
+    response = await client.get(ME, headers={"Authorization": f"Bearer {access_token}"})
+    if response.status == 401:
+        await error_of(response, 401, "invalid_token")
+    return response.status
+
+
+async def refresh(client: TestClient[Any, Any], refresh_token: str) -> tuple[int, dict[str, Any]]:
+    response = await client.post(REFRESH, json={"refresh_token": refresh_token})
+    body: dict[str, Any] = await response.json()
+    return response.status, body
+
+
+# Register
+
+
+async def test_register_returns_the_public_user(client: TestClient[Any, Any]) -> None:
+    data = new_user(full_name="Ada Lovelace")
+    response = await client.post(REGISTER, json=data)
+    body = await json_of(response, 201)
+    assert set(body) == PUBLIC_FIELDS
+    assert body["email"] == data["email"]
+    assert body["username"] == data["username"]
+    assert body["full_name"] == "Ada Lovelace"
+    assert body["bio"] is None
+    assert body["is_active"] is True
+    assert body["is_admin"] is False
+    assert PydanticObjectId(body["id"])
+    for stamp in ("created_at", "updated_at"):
+        assert TIMESTAMP.fullmatch(body[stamp]), body[stamp]
+    # What a later read returns, to the millisecond.
+    user = await User.get(PydanticObjectId(body["id"]))
+    assert user is not None
+    assert datetime.fromisoformat(body["created_at"]) == user.created_at
+
+
+async def test_register_without_full_name(client: TestClient[Any, Any]) -> None:
+    body = await json_of(await client.post(REGISTER, json=new_user()), 201)
+    assert body["full_name"] is None
+
+
+async def test_password_is_stored_as_an_argon2id_hash(client: TestClient[Any, Any]) -> None:
+    body = await json_of(await client.post(REGISTER, json=new_user()), 201)
+    user = await User.get(PydanticObjectId(body["id"]))
+    assert user is not None
+    assert user.password_hash.startswith("$argon2id$")
+    assert PASSWORD not in user.password_hash
+
+
+@pytest.mark.parametrize("field", ["email", "username"])
+async def test_register_duplicate_is_409_case_insensitively(client: TestClient[Any, Any], field: str) -> None:
+    first = new_user(email="Dup.Person@Example.com", username="Dup_Person")
+    await json_of(await client.post(REGISTER, json=first), 201)
+    second = new_user()
+    second[field] = first[field].upper() if field == "email" else first[field].lower()
+    error = await error_of(await client.post(REGISTER, json=second), 409, "conflict")
+    assert error["details"] == {"field": field}
+    # The loser was not stored under its other, free value either.
+    other = "username" if field == "email" else "email"
+    third = new_user(**{other: second[other]})
+    await json_of(await client.post(REGISTER, json=third), 201)
+
+
+@pytest.mark.parametrize("variant", [str, str.upper], ids=["identical", "case-variant"])
+async def test_register_race_yields_one_201_and_one_409(client: TestClient[Any, Any], variant: Any) -> None:
+    data = new_user()
+    twin = {**data, "email": variant(data["email"]), "username": variant(data["username"])}
+    responses = await asyncio.gather(client.post(REGISTER, json=data), client.post(REGISTER, json=twin))
+    statuses = sorted(response.status for response in responses)
+    assert statuses == [201, 409], [await response.text() for response in responses]
+    loser = next(response for response in responses if response.status == 409)
+    error = await error_of(loser, 409, "conflict")
+    assert error["details"]["field"] in {"email", "username"}
+    assert await User.find({"email_key": data["email"].lower()}).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"email": "not-an-email"}, "email"),
+        ({"email": "a" * 250 + "@example.com"}, "email"),
+        ({"username": "ab"}, "username"),
+        ({"username": "a" * 33}, "username"),
+        ({"username": "has space"}, "username"),
+        ({"username": "semi;colon"}, "username"),
+        ({"password": "short12"}, "password"),
+        ({"password": "p" * 129}, "password"),
+        ({"full_name": "n" * 101}, "full_name"),
+        ({"email": 12345}, "email"),
+        ({"username": ["list"]}, "username"),
+        ({"password": 1234567890}, "password"),
+        ({"full_name": 7}, "full_name"),
+        ({"email": None}, "email"),
+    ],
+)
+async def test_register_rejects_invalid_input(
+    client: TestClient[Any, Any], changes: dict[str, Any], field: str
+) -> None:
+    data = new_user(**changes)
+    error = await error_of(await client.post(REGISTER, json=data), 422, "validation_error")
+    assert set(error["details"]) == {field}
+    assert await User.find_all().count() == 0
+
+
+@pytest.mark.parametrize("missing", ["email", "username", "password"])
+async def test_register_requires_each_field(client: TestClient[Any, Any], missing: str) -> None:
+    data = new_user()
+    del data[missing]
+    error = await error_of(await client.post(REGISTER, json=data), 422, "validation_error")
+    assert error["details"] == {missing: ["Missing data for required field."]}
+
+
+@pytest.mark.parametrize("password", ["p" * 8, "p" * 128, "pässwörd ünïcode ✓"])
+async def test_register_accepts_passwords_within_bounds(client: TestClient[Any, Any], password: str) -> None:
+    data = new_user(password=password)
+    await json_of(await client.post(REGISTER, json=data), 201)
+    assert await can_log_in(client, data["email"], password)
+
+
+@pytest.mark.parametrize("extra", [{"is_admin": True}, {"is_active": False}, {"token_version": 5}, {"id": "x"}])
+async def test_register_refuses_mass_assignment(client: TestClient[Any, Any], extra: dict[str, Any]) -> None:
+    data = new_user(**extra)
+    error = await error_of(await client.post(REGISTER, json=data), 422, "validation_error")
+    assert error["details"] == {name: ["Unknown field."] for name in extra}
+    assert not await can_log_in(client, data["email"])
+    # Nothing was stored: the same email and username are still free.
+    body = await json_of(
+        await client.post(REGISTER, json=new_user(email=data["email"], username=data["username"])), 201
+    )
+    assert body["is_admin"] is False
+    assert body["is_active"] is True
+
+
+@pytest.mark.parametrize("field", ["email", "username", "password", "full_name"])
+@pytest.mark.parametrize("operator", [{"$gt": ""}, {"$ne": None}, {"$regex": ".*"}])
+async def test_register_refuses_operator_objects(
+    client: TestClient[Any, Any], field: str, operator: dict[str, Any]
+) -> None:
+    error = await error_of(await client.post(REGISTER, json=new_user(**{field: operator})), 422, "validation_error")
+    assert list(error["details"]) == [field]
+    assert await User.find_all().count() == 0
+
+
+# Login
+
+
+async def test_login_returns_a_token_pair(client: TestClient[Any, Any], accounts: Accounts, settings: Settings) -> None:
+    user = await accounts.register()
+    response = await client.post(LOGIN, json={"email": user["email"], "password": PASSWORD})
+    body = await json_of(response, 200)
+    assert set(body) == {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == settings.access_token_ttl
+    access, refresh_ = claims_of(body["access_token"]), claims_of(body["refresh_token"])
+    assert access["sub"] == refresh_["sub"] == user["id"]
+    assert access["sid"] == refresh_["sid"]
+    assert access["jti"] != refresh_["jti"]
+    assert access["aud"] != refresh_["aud"]
+    assert access["exp"] - access["iat"] == settings.access_token_ttl
+    assert refresh_["exp"] - refresh_["iat"] == settings.refresh_token_ttl
+    me = await json_of(await client.get(ME, headers={"Authorization": f"Bearer {body['access_token']}"}), 200)
+    assert me["id"] == user["id"]
+
+
+async def test_each_login_is_a_new_session(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    user = await accounts.register()
+    first, second = await accounts.login(user["email"]), await accounts.login(user["email"])
+    assert claims_of(first["access_token"])["sid"] != claims_of(second["access_token"])["sid"]
+
+
+async def test_login_email_is_case_insensitive(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    user = await accounts.register()
+    response = await client.post(LOGIN, json={"email": user["email"].upper(), "password": PASSWORD})
+    body = await json_of(response, 200)
+    assert claims_of(body["access_token"])["sub"] == user["id"]
+
+
+async def test_unknown_email_and_wrong_password_look_the_same(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    user = await accounts.register()
+    wrong_password = await client.post(LOGIN, json={"email": user["email"], "password": PASSWORD + "!"})
+    unknown_email = await client.post(LOGIN, json={"email": "nobody@example.com", "password": PASSWORD})
+    first = await error_of(wrong_password, 401, "invalid_credentials")
+    second = await error_of(unknown_email, 401, "invalid_credentials")
+    assert first == second
+    assert wrong_password.headers["WWW-Authenticate"] == unknown_email.headers["WWW-Authenticate"]
+
+
+async def test_login_is_case_sensitive_on_the_password(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    user = await accounts.register()
+    response = await client.post(LOGIN, json={"email": user["email"], "password": PASSWORD.upper()})
+    await error_of(response, 401, "invalid_credentials")
+
+
+async def test_deactivated_user_cannot_log_in(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    user = await accounts.register()
+    response = await client.patch(f"{API}/users/{user['id']}", json={"is_active": False}, headers=admin.headers)
+    await json_of(response, 200)
+    right = await client.post(LOGIN, json={"email": user["email"], "password": PASSWORD})
+    error = await error_of(right, 403, "forbidden")
+    assert "deactivated" in error["message"]
+    # A wrong password says nothing about the account's state.
+    wrong = await client.post(LOGIN, json={"email": user["email"], "password": "wrong password"})
+    await error_of(wrong, 401, "invalid_credentials")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": {"$gt": ""}, "password": PASSWORD}, "email"),
+        ({"email": {"$ne": "x"}, "password": {"$ne": "x"}}, None),
+        ({"email": "someone@example.com", "password": {"$gt": ""}}, "password"),
+        ({"email": "someone@example.com"}, "password"),
+        ({"password": PASSWORD}, "email"),
+        ({"email": "someone@example.com", "password": "p" * 129}, "password"),
+        ({"email": "e" * 255, "password": PASSWORD}, "email"),
+        ({"email": "someone@example.com", "password": PASSWORD, "remember": True}, "remember"),
+    ],
+)
+async def test_login_refuses_bad_input(
+    client: TestClient[Any, Any], accounts: Accounts, body: dict[str, Any], field: str | None
+) -> None:
+    await accounts.register(email="someone@example.com")
+    error = await error_of(await client.post(LOGIN, json=body), 422, "validation_error")
+    if field is None:
+        assert set(error["details"]) == {"email", "password"}
+    else:
+        assert list(error["details"]) == [field]
+
+
+async def test_login_rate_limited_per_account(make_client: AppFactory) -> None:
+    client, accounts, settings = await make_client(login_attempts_per_account=3, login_window_seconds=60)
+    victim = await accounts.register()
+    bystander = await accounts.register()
+    for _ in range(3):
+        response = await client.post(LOGIN, json={"email": victim["email"], "password": "wrong password"})
+        await error_of(response, 401, "invalid_credentials")
+    # Even the right password is refused now, with the same answer for any spelling of the email.
+    for email in (victim["email"], victim["email"].upper()):
+        response = await client.post(LOGIN, json={"email": email, "password": PASSWORD})
+        error = await error_of(response, 429, "rate_limited")
+        retry_after = int(response.headers["Retry-After"])
+        assert 1 <= retry_after <= settings.login_window_seconds
+        assert error["details"] == {"retry_after": retry_after}
+        assert "account" in error["message"]
+    # Another account from the same address is not affected.
+    await accounts.login(bystander["email"])
+
+
+async def test_unknown_accounts_are_rate_limited_too(make_client: AppFactory) -> None:
+    client, _, _ = await make_client(login_attempts_per_account=2)
+    for status in (401, 401, 429):
+        response = await client.post(LOGIN, json={"email": "ghost@example.com", "password": PASSWORD})
+        await error_of(response, status, "invalid_credentials" if status == 401 else "rate_limited")
+
+
+async def test_successful_login_resets_the_account_failures(make_client: AppFactory) -> None:
+    client, accounts, _ = await make_client(login_attempts_per_account=3)
+    user = await accounts.register()
+    for _ in range(2):
+        for _ in range(2):
+            response = await client.post(LOGIN, json={"email": user["email"], "password": "wrong password"})
+            await error_of(response, 401, "invalid_credentials")
+        await accounts.login(user["email"])
+
+
+async def test_login_rate_limited_per_address(make_client: AppFactory) -> None:
+    client, accounts, settings = await make_client(login_attempts_per_address=4, login_window_seconds=120)
+    user = await accounts.register()
+    for index in range(4):
+        response = await client.post(LOGIN, json={"email": f"nobody{index}@example.com", "password": PASSWORD})
+        await error_of(response, 401, "invalid_credentials")
+    response = await client.post(LOGIN, json={"email": user["email"], "password": PASSWORD})
+    error = await error_of(response, 429, "rate_limited")
+    assert "address" in error["message"]
+    assert 1 <= int(response.headers["Retry-After"]) <= settings.login_window_seconds
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_forwarded_for_is_only_believed_when_trusted(make_client: AppFactory, trusted: bool) -> None:
+    client, accounts, _ = await make_client(login_attempts_per_address=2, trust_forwarded_for=trusted)
+    user = await accounts.register()
+    for hop in ("10.0.0.1", "10.0.0.1"):
+        response = await client.post(
+            LOGIN, json={"email": user["email"], "password": PASSWORD}, headers={"X-Forwarded-For": hop}
+        )
+        await json_of(response, 200)
+    # A third attempt from a new (claimed) address: only a trusted proxy's header gives it a fresh budget.
+    response = await client.post(
+        LOGIN, json={"email": user["email"], "password": PASSWORD}, headers={"X-Forwarded-For": "1.2.3.4, 10.0.0.2"}
+    )
+    if trusted:
+        await json_of(response, 200)
+    else:
+        await error_of(response, 429, "rate_limited")
+
+
+# Refresh
+
+
+async def test_refresh_rotates_the_pair(client: TestClient[Any, Any], accounts: Accounts, settings: Settings) -> None:
+    me = await accounts.user()
+    status, body = await refresh(client, me.refresh_token)
+    assert status == 200, body
+    assert set(body) == {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == settings.access_token_ttl
+    assert body["refresh_token"] != me.refresh_token
+    old, new = claims_of(me.refresh_token), claims_of(body["refresh_token"])
+    assert new["sid"] == old["sid"]
+    assert new["jti"] != old["jti"]
+    assert await me_status(client, body["access_token"]) == 200
+    # The new refresh token can be rotated in turn.
+    status, again = await refresh(client, body["refresh_token"])
+    assert status == 200, again
+
+
+async def test_refresh_reuse_revokes_the_whole_family(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    me = await accounts.user()
+    other_session = await accounts.login(me.email)
+    status, rotated = await refresh(client, me.refresh_token)
+    assert status == 200, rotated
+    assert await me_status(client, rotated["access_token"]) == 200
+
+    response = await client.post(REFRESH, json={"refresh_token": me.refresh_token})
+    await error_of(response, 401, "invalid_token")
+
+    # Everything of that family is dead: the rotated pair and the original access token.
+    response = await client.post(REFRESH, json={"refresh_token": rotated["refresh_token"]})
+    await error_of(response, 401, "invalid_token")
+    assert await me_status(client, rotated["access_token"]) == 401
+    assert await me_status(client, me.access_token) == 401
+    # Another session of the same user lives on.
+    assert await me_status(client, other_session["access_token"]) == 200
+    status, body = await refresh(client, other_session["refresh_token"])
+    assert status == 200, body
+
+
+async def test_concurrent_uses_of_one_refresh_token(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    """Several uses of one refresh token at once: at most one rotates, and the family ends revoked either way."""
+    user = await accounts.register()
+    for _ in range(5):
+        tokens = await accounts.login(user["email"])
+        responses = await asyncio.gather(
+            *(client.post(REFRESH, json={"refresh_token": tokens["refresh_token"]}) for _ in range(3))
+        )
+        statuses = sorted(response.status for response in responses)
+        assert statuses in ([200, 401, 401], [401, 401, 401]), statuses
+        for response in responses:
+            if response.status == 401:
+                await error_of(response, 401, "invalid_token")
+            else:
+                pair = await response.json()
+                # The other uses were re-uses: the winner's tokens were revoked with the family.
+                assert await me_status(client, pair["access_token"]) == 401
+                assert (await refresh(client, pair["refresh_token"]))[0] == 401
+        assert await me_status(client, tokens["access_token"]) == 401
+
+
+async def test_refresh_refuses_an_access_token(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    me = await accounts.user()
+    response = await client.post(REFRESH, json={"refresh_token": me.access_token})
+    await error_of(response, 401, "invalid_token")
+    # The session itself is unharmed.
+    status, body = await refresh(client, me.refresh_token)
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "a.b.c", "eyJhbGciOiJIUzI1NiJ9.e30.x"])
+async def test_refresh_refuses_garbage(client: TestClient[Any, Any], token: str) -> None:
+    response = await client.post(REFRESH, json={"refresh_token": token})
+    await error_of(response, 401, "invalid_token")
+
+
+async def test_refresh_refuses_an_expired_refresh_token(
+    client: TestClient[Any, Any], accounts: Accounts, settings: Settings
+) -> None:
+    me = await accounts.user()
+    response = await client.post(REFRESH, json={"refresh_token": expired(me.refresh_token, settings.jwt_secret)})
+    await error_of(response, 401, "invalid_token")
+
+
+async def test_refresh_refuses_an_expired_session(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    """A session ends at its expiry even while its newest refresh token (rotated later) has not expired yet."""
+    me = await accounts.user()
+    sid = PydanticObjectId(claims_of(me.refresh_token)["sid"])
+    await Session.find_one({"_id": sid}).update({"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}})
+    response = await client.post(REFRESH, json={"refresh_token": me.refresh_token})
+    await error_of(response, 401, "invalid_token")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "refresh_token"),
+        ({"refresh_token": {"$ne": ""}}, "refresh_token"),
+        ({"refresh_token": 1}, "refresh_token"),
+        ({"refresh_token": "x" * 2049}, "refresh_token"),
+        ({"refresh_token": "x", "user_id": "y"}, "user_id"),
+    ],
+)
+async def test_refresh_refuses_bad_input(client: TestClient[Any, Any], body: dict[str, Any], field: str) -> None:
+    error = await error_of(await client.post(REFRESH, json=body), 422, "validation_error")
+    assert list(error["details"]) == [field]
+
+
+# Logout
+
+
+async def test_logout_ends_the_session_and_its_caller(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    me = await accounts.user()
+    other = await accounts.login(me.email)
+    assert await me_status(client, me.access_token) == 200  # cached before the logout: must not survive it
+
+    response = await client.post(LOGOUT, json={"refresh_token": me.refresh_token}, headers=me.headers)
+    assert response.status == 204, await response.text()
+    assert await response.read() == b""
+
+    assert await me_status(client, me.access_token) == 401
+    response = await client.post(REFRESH, json={"refresh_token": me.refresh_token})
+    await error_of(response, 401, "invalid_token")
+    # The other session keeps working, access and refresh.
+    assert await me_status(client, other["access_token"]) == 200
+    status, body = await refresh(client, other["refresh_token"])
+    assert status == 200, body
+
+
+async def test_logout_with_another_sessions_refresh_token_ends_both(
+    client: TestClient[Any, Any], accounts: Accounts
+) -> None:
+    me = await accounts.user()
+    second = await accounts.login(me.email)
+    third = await accounts.login(me.email)
+    response = await client.post(LOGOUT, json={"refresh_token": second["refresh_token"]}, headers=me.headers)
+    assert response.status == 204
+    assert await me_status(client, me.access_token) == 401
+    assert await me_status(client, second["access_token"]) == 401
+    assert (await refresh(client, second["refresh_token"]))[0] == 401
+    assert (await refresh(client, me.refresh_token))[0] == 401
+    assert await me_status(client, third["access_token"]) == 200
+
+
+async def test_logout_cannot_end_another_users_session(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    me, victim = await accounts.user(), await accounts.user()
+    response = await client.post(LOGOUT, json={"refresh_token": victim.refresh_token}, headers=me.headers)
+    assert response.status == 204
+    assert await me_status(client, victim.access_token) == 200
+    status, body = await refresh(client, victim.refresh_token)
+    assert status == 200, body
+
+
+async def test_logout_with_an_invalid_refresh_token_still_ends_the_caller(
+    client: TestClient[Any, Any], accounts: Accounts
+) -> None:
+    me = await accounts.user()
+    response = await client.post(LOGOUT, json={"refresh_token": "garbage"}, headers=me.headers)
+    assert response.status == 204
+    assert await me_status(client, me.access_token) == 401
+    assert (await refresh(client, me.refresh_token))[0] == 401
+
+
+async def test_logout_needs_an_access_token(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    me = await accounts.user()
+    response = await client.post(LOGOUT, json={"refresh_token": me.refresh_token})
+    await error_of(response, 401, "not_authenticated")
+    # Presenting the refresh token as the bearer does not work either.
+    response = await client.post(
+        LOGOUT, json={"refresh_token": me.refresh_token}, headers={"Authorization": f"Bearer {me.refresh_token}"}
+    )
+    await error_of(response, 401, "invalid_token")
+    assert await me_status(client, me.access_token) == 200
+
+
+@pytest.mark.parametrize("body", [{}, {"refresh_token": {"$gt": ""}}, {"refresh_token": "x", "all": True}])
+async def test_logout_refuses_bad_input(client: TestClient[Any, Any], accounts: Accounts, body: dict[str, Any]) -> None:
+    me = await accounts.user()
+    await error_of(await client.post(LOGOUT, json=body, headers=me.headers), 422, "validation_error")
+    assert await me_status(client, me.access_token) == 200
+
+
+async def test_logout_all_ends_every_session(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    me = await accounts.user()
+    other = await accounts.login(me.email)
+    bystander = await accounts.user()
+    assert await me_status(client, other["access_token"]) == 200
+
+    response = await client.post(LOGOUT_ALL, headers=me.headers)
+    assert response.status == 204, await response.text()
+
+    for access in (me.access_token, other["access_token"]):
+        assert await me_status(client, access) == 401
+    for token in (me.refresh_token, other["refresh_token"]):
+        assert (await refresh(client, token))[0] == 401
+    assert await me_status(client, bystander.access_token) == 200
+    # Logging in again works.
+    fresh = await accounts.login(me.email)
+    assert await me_status(client, fresh["access_token"]) == 200
+
+
+async def test_logout_all_needs_an_access_token(client: TestClient[Any, Any]) -> None:
+    await error_of(await client.post(LOGOUT_ALL), 401, "not_authenticated")
+
+
+async def test_a_fresh_account_helper_login_works(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    """The fixtures themselves: a user made by `accounts` is a real, logged-in, non-admin user."""
+    me: Account = await accounts.user()
+    body = await json_of(await client.get(ME, headers=me.headers), 200)
+    assert body["id"] == me.id
+    assert body["is_admin"] is False
+    admin = await accounts.user(admin=True)
+    body = await json_of(await client.get(ME, headers=admin.headers), 200)
+    assert body["is_admin"] is True

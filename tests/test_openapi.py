@@ -1,0 +1,154 @@
+"""The OpenAPI document at /api/docs/openapi.json and the Swagger UI at /api/docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from playwright.async_api import async_playwright
+
+from tests.helpers import API
+
+CHROMIUM = Path("/usr/bin/chromium")  # installed by `make test` (scripts/install-system.sh --browser)
+HAVE_CHROMIUM = CHROMIUM.exists()
+
+# The error statuses each accounts & auth endpoint can answer with, and so must document.
+EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
+    ("post", f"{API}/auth/register"): {400, 409, 413, 422},
+    ("post", f"{API}/auth/login"): {400, 401, 403, 413, 422, 429},
+    ("post", f"{API}/auth/refresh"): {400, 401, 413, 422},
+    ("post", f"{API}/auth/logout"): {400, 401, 413, 422},
+    ("post", f"{API}/auth/logout-all"): {401},
+    ("get", f"{API}/users/me"): {401},
+    ("patch", f"{API}/users/me"): {400, 401, 403, 409, 413, 422},
+    ("get", f"{API}/users"): {401, 403, 422},
+    ("get", f"{API}/users/{{user_id}}"): {401, 403, 404, 422},
+    ("patch", f"{API}/users/{{user_id}}"): {400, 401, 403, 404, 409, 413, 422},
+    ("delete", f"{API}/users/{{user_id}}"): {401, 403, 404, 409, 422},
+}
+AUTHENTICATED = {key for key in EXPECTED_ERRORS if 401 in EXPECTED_ERRORS[key] and "/auth/" not in key[1]} | {
+    ("post", f"{API}/auth/logout"),
+    ("post", f"{API}/auth/logout-all"),
+}
+ERROR_REF = {"$ref": "#/components/schemas/ErrorSchema"}
+
+
+@pytest.fixture
+async def spec(client: TestClient[Any, Any]) -> dict[str, Any]:
+    response = await client.get("/api/docs/openapi.json")
+    assert response.status == 200, await response.text()
+    document: dict[str, Any] = await response.json()
+    return document
+
+
+async def test_document_basics(spec: dict[str, Any]) -> None:
+    assert spec["openapi"].startswith("3.")
+    assert spec["info"]["title"] == "tidings"
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+    error = spec["components"]["schemas"]["ErrorSchema"]
+    assert error["required"] == ["error"]
+
+
+async def test_every_api_route_is_documented(client: TestClient[Any, Any], spec: dict[str, Any]) -> None:
+    routes = {
+        (route.method.lower(), route.resource.canonical)
+        for route in client.app.router.routes()
+        if route.resource is not None and route.resource.canonical.startswith(API) and route.method != "HEAD"
+    }
+    assert set(EXPECTED_ERRORS) <= routes
+    documented = {(method, path) for path, operations in spec["paths"].items() for method in operations}
+    # OpenAPI 3 has no way to describe a WebSocket; that endpoint is documented in docs/ instead.
+    missing = routes - documented - {("get", f"{API}/ws")}
+    assert not missing, missing
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(EXPECTED_ERRORS))
+async def test_each_endpoint_documents_its_errors(spec: dict[str, Any], method: str, path: str) -> None:
+    operation = spec["paths"][path][method]
+    statuses = {int(status) for status in operation["responses"]}
+    errors = {status for status in statuses if status >= 400}
+    assert errors == EXPECTED_ERRORS[method, path]
+    assert statuses - errors, "a success response is documented too"
+    for status in errors:
+        response = operation["responses"][str(status)]
+        assert response["description"]
+        assert response["content"]["application/json"]["schema"] == ERROR_REF
+    if (method, path) in AUTHENTICATED:
+        assert operation["security"] == [{"bearerAuth": []}]
+    else:
+        assert "security" not in operation
+
+
+async def test_every_documented_error_uses_the_error_shape(spec: dict[str, Any]) -> None:
+    for path, operations in spec["paths"].items():
+        if not path.startswith(API):
+            continue
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert response["content"]["application/json"]["schema"] == ERROR_REF, (method, path, status)
+
+
+async def test_request_schemas_are_the_validating_ones(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+
+    def body_schema(method: str, path: str) -> dict[str, Any]:
+        ref: str = spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        schema: dict[str, Any] = schemas[ref.rsplit("/", 1)[1]]
+        return schema
+
+    register = body_schema("post", f"{API}/auth/register")
+    assert set(register["properties"]) == {"email", "username", "password", "full_name"}
+    assert set(register["required"]) == {"email", "username", "password"}
+    assert register["properties"]["password"]["minLength"] == 8
+    assert set(body_schema("patch", f"{API}/users/me")["properties"]) == {
+        "email",
+        "username",
+        "full_name",
+        "bio",
+        "password",
+        "current_password",
+    }
+    admin_patch = body_schema("patch", f"{API}/users/{{user_id}}")
+    assert {"is_active", "is_admin"} <= set(admin_patch["properties"])
+    parameters = {parameter["name"] for parameter in spec["paths"][f"{API}/users"]["get"]["parameters"]}
+    assert parameters == {"q", "before", "limit", "is_active", "is_admin"}
+    # Responses never describe a password or its hash.
+    for name in ("User", "TokenPair"):
+        assert not any("password" in field for field in schemas[name]["properties"]), name
+
+
+async def test_swagger_ui_page(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/api/docs")
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    page = await response.text()
+    assert "/api/docs/openapi.json" in page
+    assert "swagger-ui-bundle.js" in page
+    script = await client.get("/api/docs/static/swagger-ui-bundle.js")
+    assert script.status == 200
+    assert len(await script.read()) > 100_000
+
+
+async def test_swagger_ui_renders_in_a_browser(client: TestClient[Any, Any]) -> None:
+    """The page's scripts run (its Content-Security-Policy allows them) and it shows the API's operations."""
+    assert HAVE_CHROMIUM, "make test installs chromium; run scripts/install-system.sh --browser"
+    blocked: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            page = await browser.new_page()
+            page.on("console", lambda message: blocked.append(message.text) if message.type == "error" else None)
+            await page.goto(str(client.make_url("/api/docs")))
+            operation = page.locator(".opblock-summary-path", has_text=f"{API}/auth/register")
+            await operation.first.wait_for(timeout=15_000)
+            assert await page.locator(".opblock").count() >= len(EXPECTED_ERRORS)
+        finally:
+            await browser.close()
+    assert not [message for message in blocked if "Content Security Policy" in message], blocked
