@@ -9,16 +9,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp_apigami import docs
 from bson import ObjectId
 
 from server.authenticator import Principal, parse_object_id
 from server.errors import ApiError, Forbidden, InvalidToken
 from server.hub import CloseCode, Connection, Hub
 from server.keys import authenticator_key, hub_key, notifications_key, settings_key
+from server.openapi import BEARER, error_responses
 
 MAX_CLIENT_ERRORS = 10
 
 
+@docs(
+    tags=["websocket"],
+    summary="Live notifications over a WebSocket",
+    description=(
+        "Upgrade to a WebSocket carrying JSON messages: authenticate with an Authorization header or a first "
+        'message {"type": "auth", "token": ...}; then notifications arrive live, and '
+        '{"type": "resume", "after": id} replays what was missed. Messages and close codes: docs/websocket.md.'
+    ),
+    security=BEARER,
+    responses={101: {"description": "Switching protocols"}, **error_responses(401, 403)},
+)
 async def websocket(request: web.Request) -> web.StreamResponse:
     settings = request.app[settings_key]
     origin = request.headers.get("Origin")

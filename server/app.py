@@ -47,6 +47,7 @@ from server.routes import setup_routes
 from server.security import Passwords, Tokens
 from server.sessions import SessionService
 from server.settings import Settings
+from server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -124,21 +125,6 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[gauge_key] = ConnectionGauge(hub, app.get(redis_key), settings.redis_prefix)
     yield
     executor.shutdown(wait=True, cancel_futures=True)
-
-
-async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
-    """Cancel tasks and wait until they end, cancelling again any task that swallowed its cancellation.
-
-    On Python 3.11, asyncio.wait_for (which redis-py uses to send commands) can swallow a cancellation that
-    lands just as the command completes (CPython gh-86296, fixed in 3.12): the task runs on, and a plain
-    `await task` would hang the shutdown (or `tidings create-admin`) forever.
-    """
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ from server.authenticator import AUTH_TOPIC, Authenticator, parse_object_id
 from server.notifications import NOTIFY_TOPIC, NotificationService
 from server.pubsub import Broker
 from server.settings import Settings
+from server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +320,4 @@ class Hub:
                 for ws in list(self.sockets)
             )
         )
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)

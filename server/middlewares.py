@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from server.authenticator import required_role
 from server.errors import ApiError, Forbidden, NotAuthenticated
@@ -76,6 +78,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         for name in ("Allow", "Retry-After", "WWW-Authenticate"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
+        return response
+    except (PyMongoError, RedisError) as exc:
+        # A backing service is down or timed out: the client may retry; nothing was half-done on our side.
+        log.warning("backing service unavailable in %s %s: %s", request.method, request.path, exc)
+        response = error_response(503, "service_unavailable", "A backing service is unavailable; retry shortly.")
+        response.headers["Retry-After"] = "5"
         return response
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)

@@ -82,8 +82,10 @@ async def test_ready_is_503_naming_redis_when_redis_is_gone(redis_proxy: TcpProx
     assert (await client.get("/health/live")).status == 200
     # A login needs Redis (rate limits): it fails closed, in the one error shape, never with a stack trace.
     response = await client.post(f"{API}/auth/login", json={"email": "a@example.com", "password": "whatever1"})
-    assert response.status >= 500
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
     error = (await response.json())["error"]
+    assert error["code"] == "service_unavailable"
     assert "Traceback" not in error["message"]
 
     await redis_proxy.start()  # same port: Redis is back
