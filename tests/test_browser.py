@@ -1,0 +1,352 @@
+"""End to end in headless Chromium (Debian's, driven by Playwright) against a real `tidings serve` process."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Dialog, Page, Route, async_playwright, expect
+
+from tests.live_server import LiveServer, live_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
+ADMIN_PASSWORD = "admin pass phrase"
+USER_PASSWORD = "user pass phrase"
+XSS_NAME = "<script>alert(1)</script>"
+TIMEOUT_MS = 10_000  # generous for a busy machine; every wait ends as soon as its condition holds
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+def chromium() -> str:
+    """Debian's Chromium; never a downloaded browser. Missing, the tests fail (they are not skipped)."""
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium (`make test` does, with scripts/install-system.sh)"
+        )
+    return str(CHROMIUM)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    executable = chromium()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveServer]:
+    """One server process (and database) for this module; each test makes its own users and browser contexts."""
+    async with live_server(tmp_path_factory.mktemp("server")) as server:
+        yield server
+
+
+@dataclass
+class Person:
+    email: str
+    username: str
+    password: str
+    id: str = ""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def admin(server: LiveServer) -> Person:
+    unique = uuid.uuid4().hex[:8]
+    person = Person(f"root-{unique}@example.com", f"root_{unique}", ADMIN_PASSWORD)
+    await server.create_admin(person.email, person.username, person.password)
+    return person
+
+
+async def new_user(server: LiveServer, username: str, full_name: str | None = None) -> Person:
+    person = Person(f"{username}@example.com", username, USER_PASSWORD)
+    user = await server.register(
+        email=person.email, username=person.username, password=person.password, full_name=full_name
+    )
+    person.id = user["id"]
+    return person
+
+
+@dataclass
+class Watched:
+    """A page whose console errors, uncaught exceptions and dialogs are recorded."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+    accept: str | None = None  # accept a confirm() whose message starts with this; dismiss any other dialog
+
+    def __post_init__(self) -> None:
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda error: self.errors.append(f"{self.page.url}: uncaught {error}"))
+        self.page.on("dialog", self._dialog)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"{self.page.url}: {message.text}")
+
+    async def _dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        if self.accept is not None and dialog.type == "confirm" and dialog.message.startswith(self.accept):
+            await dialog.accept()
+        else:
+            await dialog.dismiss()
+
+    def assert_clean(self, *expected: str) -> None:
+        """No console errors, but for one matching each of `expected` (a response status the test asked for)."""
+        errors = list(self.errors)
+        for text in expected:
+            matching = [error for error in errors if text in error]
+            assert matching, f"expected a console error with {text!r}, got {errors}"
+            errors.remove(matching[0])
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def contexts(browser: Browser) -> AsyncIterator[list[BrowserContext]]:
+    """Browser contexts (separate cookie jars) a test opens; closed after it."""
+    made: list[BrowserContext] = []
+    yield made
+    for context in made:
+        await context.close()
+
+
+async def open_page(browser: Browser, contexts: list[BrowserContext]) -> Watched:
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    contexts.append(context)
+    return Watched(await context.new_page())
+
+
+async def admin_login(watched: Watched, server: LiveServer, person: Person) -> None:
+    page = watched.page
+    await page.goto(f"{server.url}/admin/")
+    await expect(page).to_have_url(re.compile(r"/admin/login\?next="))
+    await page.get_by_label("Email").fill(person.email)
+    await page.get_by_label("Password").fill(person.password)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page).to_have_url(f"{server.url}/admin/")
+    await expect(page.get_by_role("heading", name="Dashboard", exact=True)).to_be_visible()
+
+
+async def live_login(watched: Watched, person: Person) -> None:
+    """Log in on the live page `/` (it then opens its WebSocket) and wait until it is live."""
+    page = watched.page
+    await expect(page.locator("#login-section")).to_be_visible()
+    await page.locator("#login-form").get_by_label("Email").fill(person.email)
+    await page.locator("#login-form").get_by_label("Password").fill(person.password)
+    await page.locator("#login-form").get_by_role("button", name="Log in").click()
+    # The section shows once the login succeeded; its status (stale while hidden) then follows the new socket.
+    await expect(page.locator("#live-section")).to_be_visible()
+    await expect(page.locator("#status")).to_have_text("live")
+
+
+async def flash(page: Page, text: str) -> None:
+    await expect(page.locator("p.flash")).to_have_text(text)
+
+
+async def test_admin_manages_a_user_who_sees_the_notification_live(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    user = await new_user(server, f"dana_{uuid.uuid4().hex[:6]}", "Dana Scully")
+    await new_user(server, f"other_{uuid.uuid4().hex[:6]}")
+    panel = await open_page(browser, contexts)
+    live = await open_page(browser, contexts)
+    page = panel.page
+
+    # The admin logs in through the form; the dashboard shows the figures.
+    await admin_login(panel, server, admin)
+    stats = await (await page.request.get(f"{server.url}/admin/dashboard.json")).json()
+    await expect(page.locator('[data-stat="users.total"]')).to_have_text(str(stats["stats"]["users"]["total"]))
+    await expect(page.locator("#events li").first).to_contain_text("user.registered")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=SCREENSHOTS / "dashboard.png", full_page=True)
+
+    # ... finds the user by searching the users page, and opens their page.
+    await page.get_by_role("navigation", name="Admin sections").get_by_role("link", name="Users").click()
+    await expect(page.get_by_role("heading", name="Users", exact=True)).to_be_visible()
+    await expect(page.get_by_role("link", name=user.email)).to_be_visible()
+    await page.screenshot(path=SCREENSHOTS / "users.png", full_page=True)
+    await page.get_by_label("Search").fill(user.username[:7])
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page).to_have_url(re.compile(r"/admin/users\?q=dana_"))
+    await expect(page.locator("tbody tr")).to_have_count(1)
+    await page.get_by_role("link", name=user.email).click()
+    await expect(page).to_have_url(f"{server.url}/admin/users/{user.id}")
+    await expect(page.get_by_role("heading", name="Dana Scully")).to_be_visible()
+    await expect(page.locator("#status")).to_have_text("active")
+
+    # The user is on the live page, in another browser context (its own cookies).
+    await live.page.goto(f"{server.url}/")
+    await live_login(live, user)
+
+    # Deactivating (after a confirmation) ends the user's socket for good: the live page returns to its login.
+    panel.accept = "Deactivate"
+    await page.get_by_role("button", name="Deactivate").click()
+    await flash(page, "Account deactivated.")
+    await expect(page.locator("#status")).to_have_text("deactivated")
+    assert panel.dialogs == [f"confirm: Deactivate {user.email}? Their sessions end at once."]
+    await expect(live.page.locator("#login-section")).to_be_visible()
+    await expect(live.page.locator("#login-error")).to_have_text("account deactivated")
+
+    await page.get_by_role("button", name="Activate").click()
+    await flash(page, "Account activated.")
+    await expect(page.locator("#status")).to_have_text("active")
+
+    # The user logs in again; the admin sends them a notification from their page; it arrives live.
+    await live_login(live, user)
+    title = f"Hello from the panel {uuid.uuid4().hex[:6]}"
+    form = page.locator(f'form[action="/admin/users/{user.id}/notify"]')
+    await form.get_by_label("Title").fill(title)
+    await form.get_by_label("Message").fill("Sent while you watch.")
+    await form.get_by_role("button", name=f"Send to {user.username}").click()
+    await flash(page, "Notification sent.")
+    arrived = live.page.locator("#notifications li").filter(has_text=title)
+    await expect(arrived).to_be_visible()
+    await expect(arrived.locator("p")).to_have_text("Sent while you watch.")
+    await expect(arrived).to_have_class("unread")
+
+    # The audit log names the admin for each change; the dashboard counts the live socket.
+    await page.get_by_role("link", name="Audit log").click()
+    rows = page.locator("tbody tr").filter(has_text=admin.email)
+    await expect(rows.filter(has_text="notification.sent").filter(has_text=title)).to_have_count(1)
+    await expect(rows.filter(has_text="user.updated").filter(has_text=user.email)).to_have_count(2)
+    await page.get_by_role("link", name="Dashboard").click()
+    await expect(page.locator("#events li").first).to_contain_text("notification.sent")
+    # At least this user's socket (the page updates itself, so sockets of earlier tests closing do not matter).
+    await expect(page.locator('[data-stat="connections"]')).not_to_have_text("0")
+
+    panel.assert_clean()
+    live.assert_clean()
+
+
+async def test_non_admin_is_refused(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    user = await new_user(server, f"eve_{uuid.uuid4().hex[:6]}")
+    watched = await open_page(browser, contexts)
+    page = watched.page
+    await page.goto(f"{server.url}/admin/users")
+    await expect(page).to_have_url(re.compile(r"/admin/login\?next="))
+    await page.get_by_label("Email").fill(user.email)
+    await page.get_by_label("Password").fill(user.password)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("alert")).to_have_text("The admin panel is for administrators only.")
+    await expect(page.get_by_role("heading", name="Admin log in")).to_be_visible()
+    assert [cookie["name"] for cookie in await page.context.cookies()] == ["tidings_login_csrf"]
+    # Still no way in.
+    await page.goto(f"{server.url}/admin/users")
+    await expect(page).to_have_url(re.compile(r"/admin/login\?next="))
+    # The refusal itself is a 403 page, which Chromium reports on the console; nothing else is.
+    watched.assert_clean("status of 403")
+
+
+async def test_csrf_attempts_are_rejected(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    user = await new_user(server, f"fox_{uuid.uuid4().hex[:6]}")
+    watched = await open_page(browser, contexts)
+    page = watched.page
+    await admin_login(watched, server, admin)
+    action = f"{server.url}/admin/users/{user.id}/active"
+
+    # With the admin's cookies but without (or with a wrong) token.
+    forms: list[dict[str, str | float | bool]] = [{"value": "false"}, {"value": "false", "csrf_token": "0" * 40}]
+    for form in forms:
+        response = await page.request.post(action, form=form, max_redirects=0)
+        assert response.status == 403, await response.text()
+        assert "CSRF" in (await response.json())["error"]["message"]
+
+    # A form on another site posting to the panel: SameSite=Strict keeps the session cookie at home.
+    async def evil_site(route: Route) -> None:
+        form = f'<form method="post" action="{action}"><input name="value" value="false"><button>Win</button></form>'
+        await route.fulfill(content_type="text/html", body=form)
+
+    await page.route("http://evil.example/", evil_site)
+    await page.goto("http://evil.example/")
+    async with page.expect_response(action) as caught:
+        await page.get_by_role("button", name="Win").click()
+    assert (await caught.value).status == 401
+
+    await page.goto(f"{server.url}/admin/users/{user.id}")
+    await expect(page.locator("#status")).to_have_text("active")
+    await page.goto(f"{server.url}/admin/audit")
+    await expect(page.locator("tbody tr").filter(has_text=user.email)).to_have_count(1)  # the registration
+    await expect(page.locator("tbody tr").filter(has_text=user.email).filter(has_text="user.updated")).to_have_count(0)
+    watched.assert_clean("status of 401")
+
+
+async def test_xss_name_and_title_render_as_text(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    user = await new_user(server, f"mallory_{uuid.uuid4().hex[:6]}", XSS_NAME)
+    panel = await open_page(browser, contexts)
+    live = await open_page(browser, contexts)
+    page = panel.page
+    await admin_login(panel, server, admin)
+
+    await page.goto(f"{server.url}/admin/users")
+    await expect(page.get_by_role("cell", name=XSS_NAME, exact=True)).to_be_visible()
+    await page.get_by_role("link", name=user.email).click()
+    await expect(page.locator("h1")).to_have_text(XSS_NAME)
+    assert XSS_NAME in (await page.text_content("body") or "")
+    assert await page.locator("main script").count() == 0
+
+    # A notification titled with HTML, seen by the user on the live page, is text there too.
+    await live.page.goto(f"{server.url}/")
+    await live_login(live, user)
+    form = page.locator(f'form[action="/admin/users/{user.id}/notify"]')
+    await form.get_by_label("Title").fill(XSS_NAME)
+    await form.get_by_label("Message").fill('<img src=x onerror="alert(2)">')
+    await form.get_by_role("button", name=re.compile("^Send to")).click()
+    await flash(page, "Notification sent.")
+    await expect(live.page.locator("#notifications h3")).to_have_text(XSS_NAME)
+    await expect(live.page.locator("#notifications p")).to_have_text('<img src=x onerror="alert(2)">')
+    assert await live.page.locator("#notifications img").count() == 0
+
+    for path in ("/admin/notifications", "/admin/audit", "/admin/"):
+        await page.goto(f"{server.url}{path}")
+        assert XSS_NAME in (await page.text_content("main") or ""), path
+        assert await page.locator("main script").count() == 0, path
+
+    # The open dashboard updates itself (admin.js): a broadcast sent meanwhile through the API shows up in its
+    # figures and its event feed, which the script builds as text too.
+    total = int(await page.locator('[data-stat="notifications.total"]').inner_text())
+    login = await page.request.post(
+        f"{server.url}/api/v1/auth/login", data={"email": admin.email, "password": admin.password}
+    )
+    token = (await login.json())["access_token"]
+    title = "<img src=x onerror=alert(3)> all"
+    sent = await page.request.post(
+        f"{server.url}/api/v1/notifications",
+        data={"title": title, "body": "", "broadcast": True},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert sent.status == 201, await sent.text()
+    await expect(page.locator('[data-stat="notifications.total"]')).to_have_text(str(total + 1))
+    await expect(page.locator("#events li").first).to_contain_text(f"notification.sent · {title}")
+    assert await page.locator("#events img").count() == 0
+    await expect(live.page.locator("#notifications h3").first).to_have_text(title)
+
+    assert panel.dialogs == []
+    assert live.dialogs == []
+    panel.assert_clean()
+    live.assert_clean()
