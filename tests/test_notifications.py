@@ -1,0 +1,382 @@
+"""Notifications over REST: sending (admin), the inbox, unread counts and per-user read state of broadcasts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import Account, Accounts
+from tests.realtime import API, ids
+
+UNKNOWN_ID = "0" * 24  # a well-formed ObjectId no document has
+
+
+async def error_of(response: ClientResponse, status: int, code: str) -> dict[str, Any]:
+    """The one JSON error shape, with this status and code."""
+    text = await response.text()
+    assert response.status == status, text
+    body = json.loads(text)
+    assert set(body) == {"error"}, body
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"], body
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+async def send(client: TestClient[Any, Any], admin: Account, **fields: Any) -> list[dict[str, Any]]:
+    body = {"title": "Hello", "body": "World", **fields}
+    response = await client.post(f"{API}/notifications", json=body, headers=admin.headers)
+    assert response.status == 201, await response.text()
+    sent: list[dict[str, Any]] = (await response.json())["notifications"]
+    return sent
+
+
+async def send_one(client: TestClient[Any, Any], admin: Account, user: Account, **fields: Any) -> str:
+    [notification] = await send(client, admin, user_ids=[user.id], **fields)
+    return str(notification["id"])
+
+
+async def inbox(client: TestClient[Any, Any], user: Account, query: str = "") -> dict[str, Any]:
+    response = await client.get(f"{API}/notifications{query}", headers=user.headers)
+    assert response.status == 200, await response.text()
+    page: dict[str, Any] = await response.json()
+    return page
+
+
+async def unread(client: TestClient[Any, Any], user: Account) -> int:
+    response = await client.get(f"{API}/notifications/unread-count", headers=user.headers)
+    assert response.status == 200, await response.text()
+    count: int = (await response.json())["unread"]
+    return count
+
+
+async def mark_read(client: TestClient[Any, Any], user: Account, notification_id: str) -> ClientResponse:
+    return await client.post(f"{API}/notifications/{notification_id}/read", headers=user.headers)
+
+
+def read_flags(page: dict[str, Any]) -> dict[str, bool]:
+    return {item["id"]: item["read"] for item in page["items"]}
+
+
+# Sending
+
+
+async def test_send_requires_an_admin(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    user = await accounts.user()
+    body = {"title": "t", "body": "b", "user_ids": [user.id]}
+    await error_of(await client.post(f"{API}/notifications", json=body), 401, "not_authenticated")
+    await error_of(await client.post(f"{API}/notifications", json=body, headers=user.headers), 403, "forbidden")
+    assert (await inbox(client, user))["items"] == []
+
+
+async def test_sent_notification_is_stored_and_returned(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    user = await accounts.user()
+    body = {"title": "Build passed", "body": "main is green", "data": {"build": 42, "tags": ["ci"]}}
+    response = await client.post(f"{API}/notifications", json={**body, "user_ids": [user.id]}, headers=admin.headers)
+    assert response.status == 201, await response.text()
+    sent = await response.json()
+    assert sent["broadcast"] is False
+    [notification] = sent["notifications"]
+    assert set(notification) == {"id", "title", "body", "data", "created_at", "broadcast", "read"}
+    assert {k: notification[k] for k in body} == body
+    assert notification["broadcast"] is False and notification["read"] is False
+    assert (await inbox(client, user))["items"] == [notification]
+    assert await unread(client, user) == 1
+    # The sender is not a recipient.
+    assert (await inbox(client, admin))["items"] == []
+
+
+async def test_schema_violations_are_422_and_store_nothing(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    user = await accounts.user()
+    ok = {"title": "t", "body": "b", "user_ids": [user.id]}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"body": "b", "user_ids": [user.id]}, "title"),
+        ({"title": "t", "user_ids": [user.id]}, "body"),
+        ({"title": "t", "body": "b"}, "_schema"),  # neither audience
+        ({**ok, "broadcast": True}, "_schema"),  # both
+        ({**ok, "user_ids": [], "broadcast": False}, "user_ids"),
+        ({"title": "t", "body": "b", "broadcast": False}, "_schema"),
+        ({**ok, "title": ""}, "title"),
+        ({**ok, "title": "x" * 201}, "title"),
+        ({**ok, "body": "x" * 5001}, "body"),
+        ({**ok, "user_ids": [user.id] * 1001}, "user_ids"),
+        ({**ok, "user_ids": user.id}, "user_ids"),
+        ({**ok, "data": "text"}, "data"),
+        ({**ok, "data": [1, 2]}, "data"),
+        ({**ok, "data": {"k" * 101: 1}}, "data"),
+        ({**ok, "unknown": 1}, "unknown"),
+        ({"title": "t", "body": "b", "broadcast": "true"}, "broadcast"),
+        ({"title": "t", "body": "b", "broadcast": 1}, "broadcast"),
+        # Operator objects where values are expected are refused by the schema, never passed to MongoDB.
+        ({**ok, "title": {"$gt": ""}}, "title"),
+        ({**ok, "user_ids": [{"$ne": None}]}, "user_ids"),
+        ({**ok, "user_ids": {"$exists": True}}, "user_ids"),
+        ({"title": "t", "body": "b", "broadcast": {"$ne": False}}, "broadcast"),
+    ]
+    for body, field in cases:
+        response = await client.post(f"{API}/notifications", json=body, headers=admin.headers)
+        error = await error_of(response, 422, "validation_error")
+        assert field in error.get("details", {}), (body, error)
+    assert await unread(client, user) == 0
+
+
+async def test_data_mongodb_cannot_store_is_422_not_500(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    user = await accounts.user()
+    deep: Any = "leaf"
+    for _ in range(40):
+        deep = {"a": deep}
+    cases: list[Any] = [
+        {"$where": "sleep(1000)"},
+        {"nested": {"$gt": 1}},
+        {"list": [{"$set": {"is_admin": True}}]},
+        {"a.b": 1},
+        {"nul\u0000key": 1},
+        {"big": 2**64},
+        {"small": -(2**63) - 1},
+        deep,
+        {"x": json.loads("[" * 600 + "]" * 600)},  # deeper than BSON allows, still under 4096 bytes
+    ]
+    for data in cases:
+        response = await client.post(
+            f"{API}/notifications",
+            json={"title": "t", "body": "b", "user_ids": [user.id], "data": data},
+            headers=admin.headers,
+        )
+        error = await error_of(response, 422, "validation_error")
+        assert "data" in error["details"], error
+    assert await unread(client, user) == 0
+    # What MongoDB can store goes through untouched, and the inbox still reads.
+    fine = {"dollar$inside": 1, "empty": {}, "max": 2**63 - 1, "min": -(2**63), "unicode": "h\u00e9", "none": None}
+    await send_one(client, admin, user, data=fine)
+    assert (await inbox(client, user))["items"][0]["data"] == fine
+
+
+async def test_a_body_nested_deeper_than_the_parser_goes_is_400(
+    client: TestClient[Any, Any], accounts: Accounts
+) -> None:
+    admin, user = await accounts.user(admin=True), await accounts.user()
+    depth = 10_000  # 20 KB: under the body limit, far beyond Python's recursion limit
+    nested = "[" * depth + "]" * depth
+    body = json.dumps({"title": "t", "body": "b", "user_ids": [user.id], "data": {"x": "NESTED"}})
+    body = body.replace('"NESTED"', nested)
+    headers = {**admin.headers, "Content-Type": "application/json"}
+    response = await client.post(f"{API}/notifications", data=body, headers=headers)
+    await error_of(response, 400, "bad_request")
+    assert await unread(client, user) == 0
+
+
+async def test_title_body_and_data_limits(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    user = await accounts.user()
+    padding = 4096 - len(json.dumps({"k": ""}))
+    largest = {"k": "x" * padding}
+    assert len(json.dumps(largest)) == 4096
+    await send_one(client, admin, user, title="t" * 200, body="b" * 5000, data=largest)
+    await send_one(client, admin, user, body="")  # an empty body is allowed; an empty title is not
+    response = await client.post(
+        f"{API}/notifications",
+        json={"title": "t", "body": "b", "user_ids": [user.id], "data": {"k": "x" * (padding + 1)}},
+        headers=admin.headers,
+    )
+    error = await error_of(response, 422, "validation_error")
+    assert "4096" in json.dumps(error["details"]["data"]), error
+    assert await unread(client, user) == 2
+
+
+async def test_unknown_or_malformed_recipients_are_named(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    user = await accounts.user()
+    body = {"title": "t", "body": "b", "user_ids": [user.id, UNKNOWN_ID]}
+    error = await error_of(
+        await client.post(f"{API}/notifications", json=body, headers=admin.headers), 422, "validation_error"
+    )
+    assert error["details"] == {"user_ids": {"unknown": [UNKNOWN_ID]}}, error
+    body["user_ids"] = [user.id, "not-an-id"]
+    error = await error_of(
+        await client.post(f"{API}/notifications", json=body, headers=admin.headers), 422, "validation_error"
+    )
+    assert error["details"] == {"user_ids": {"1": ["Not a valid id."]}}, error
+    # All or nothing: the known recipient got nothing either time.
+    assert await unread(client, user) == 0
+
+
+async def test_each_recipient_gets_one_notification(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    alice, bob = await accounts.user(), await accounts.user()
+    sent = await send(client, admin, user_ids=[alice.id, bob.id, alice.id])
+    assert len(sent) == 2
+    assert len(set(ids(sent))) == 2
+    assert await unread(client, alice) == 1
+    assert await unread(client, bob) == 1
+    # Separate documents: reading one does not read the other.
+    [for_alice] = (await inbox(client, alice))["items"]
+    assert (await mark_read(client, alice, for_alice["id"])).status == 204
+    assert await unread(client, alice) == 0
+    assert await unread(client, bob) == 1
+
+
+# The inbox
+
+
+async def test_inbox_is_newest_first_with_keyset_pagination(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    user = await accounts.user()
+    sent = [await send_one(client, admin, user, title=f"n{i}") for i in range(5)]
+    newest_first = sent[::-1]
+    assert ids((await inbox(client, user))["items"]) == newest_first
+    assert (await inbox(client, user))["next_before"] is None
+
+    seen: list[str] = []
+    query = "?limit=2"
+    while True:
+        page = await inbox(client, user, query)
+        assert len(page["items"]) <= 2
+        seen += ids(page["items"])
+        if page["next_before"] is None:
+            break
+        assert page["next_before"] == page["items"][-1]["id"]
+        query = f"?limit=2&before={page['next_before']}"
+    assert seen == newest_first
+    # A notification sent meanwhile does not shift the pages after a cursor.
+    await send_one(client, admin, user, title="late")
+    assert ids((await inbox(client, user, f"?limit=2&before={sent[2]}"))["items"]) == [sent[1], sent[0]]
+
+    for bad in ("?limit=0", "?limit=201", "?limit=x", "?before=nope", "?unread=maybe", "?other=1", "?before[$gt]=a"):
+        response = await client.get(f"{API}/notifications{bad}", headers=user.headers)
+        await error_of(response, 422, "validation_error")
+
+
+async def test_unread_filter_and_count(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    user = await accounts.user()
+    first, second, third = [await send_one(client, admin, user) for _ in range(3)]
+    [broadcast] = await send(client, admin, broadcast=True)
+    assert await unread(client, user) == 4
+    assert (await mark_read(client, user, second)).status == 204
+    assert (await mark_read(client, user, broadcast["id"])).status == 204
+    assert await unread(client, user) == 2
+    assert ids((await inbox(client, user, "?unread=true"))["items"]) == [third, first]
+    assert read_flags(await inbox(client, user)) == {broadcast["id"]: True, third: False, second: True, first: False}
+    page = await inbox(client, user, "?unread=true&limit=1")
+    assert ids(page["items"]) == [third]
+    assert ids((await inbox(client, user, f"?unread=true&before={page['next_before']}"))["items"]) == [first]
+
+
+async def test_mark_read_only_own_notifications(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    alice, bob = await accounts.user(), await accounts.user()
+    for_alice = await send_one(client, admin, alice)
+    for_bob = await send_one(client, admin, bob)
+
+    assert (await mark_read(client, alice, for_alice)).status == 204
+    assert (await mark_read(client, alice, for_alice)).status == 204  # idempotent
+    assert await unread(client, alice) == 0
+    assert read_flags(await inbox(client, alice)) == {for_alice: True}
+
+    await error_of(await mark_read(client, alice, for_bob), 404, "not_found")
+    await error_of(await mark_read(client, admin, for_bob), 404, "not_found")  # admins have no inbox access either
+    await error_of(await mark_read(client, alice, UNKNOWN_ID), 404, "not_found")
+    await error_of(await mark_read(client, alice, "not-an-id"), 422, "validation_error")
+    assert await unread(client, bob) == 1
+    assert read_flags(await inbox(client, bob)) == {for_bob: False}
+
+
+async def test_read_all_marks_direct_and_broadcasts(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    alice, bob = await accounts.user(), await accounts.user()
+    await send_one(client, admin, alice)
+    await send(client, admin, broadcast=True)
+    await send(client, admin, broadcast=True)
+    await send_one(client, admin, bob)
+    assert await unread(client, alice) == 3
+
+    response = await client.post(f"{API}/notifications/read-all", headers=alice.headers)
+    assert response.status == 204, await response.text()
+    assert await unread(client, alice) == 0
+    assert set(read_flags(await inbox(client, alice)).values()) == {True}
+    assert (await inbox(client, alice, "?unread=true"))["items"] == []
+    # Bob's state is untouched, and a later broadcast is unread again for Alice.
+    assert await unread(client, bob) == 3
+    [later] = await send(client, admin, broadcast=True)
+    assert await unread(client, alice) == 1
+    assert ids((await inbox(client, alice, "?unread=true"))["items"]) == [later["id"]]
+    assert (await client.post(f"{API}/notifications/read-all", headers=alice.headers)).status == 204
+    assert await unread(client, alice) == 0
+
+
+async def test_broadcast_read_state_is_per_user(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    alice, bob = await accounts.user(), await accounts.user()
+    [broadcast] = await send(client, admin, broadcast=True)
+    assert broadcast["broadcast"] is True
+    assert await unread(client, alice) == 1
+    assert await unread(client, bob) == 1
+
+    assert (await mark_read(client, alice, broadcast["id"])).status == 204
+    assert (await mark_read(client, alice, broadcast["id"])).status == 204
+    assert await unread(client, alice) == 0
+    assert await unread(client, bob) == 1
+    assert read_flags(await inbox(client, alice)) == {broadcast["id"]: True}
+    assert read_flags(await inbox(client, bob)) == {broadcast["id"]: False}
+    assert ids((await inbox(client, bob, "?unread=true"))["items"]) == [broadcast["id"]]
+
+    # Someone who joined after the broadcast never sees it, and cannot mark it.
+    carol = await accounts.user()
+    assert (await inbox(client, carol))["items"] == []
+    assert await unread(client, carol) == 0
+    await error_of(await mark_read(client, carol, broadcast["id"]), 404, "not_found")
+    # ... but sees the next one.
+    [later] = await send(client, admin, broadcast=True)
+    assert ids((await inbox(client, carol))["items"]) == [later["id"]]
+    assert await unread(client, carol) == 1
+    assert await unread(client, bob) == 2
+
+
+async def test_users_never_see_each_others_notifications(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    alice, bob = await accounts.user(), await accounts.user()
+    for_bob = await send_one(client, admin, bob, title="for bob")
+    for_alice = [await send_one(client, admin, alice, title="for alice") for _ in range(2)]
+    assert ids((await inbox(client, alice))["items"]) == for_alice[::-1]
+    assert ids((await inbox(client, bob))["items"]) == [for_bob]
+    # A cursor from someone else's notification only positions the page; it reveals nothing.
+    assert ids((await inbox(client, bob, f"?before={for_alice[1]}"))["items"]) == [for_bob]
+    assert await unread(client, alice) == 2
+    assert await unread(client, bob) == 1
+    assert (await inbox(client, admin))["items"] == []
+
+
+async def test_inbox_needs_authentication(client: TestClient[Any, Any]) -> None:
+    for method, path in [
+        ("GET", "/notifications"),
+        ("GET", "/notifications/unread-count"),
+        ("POST", f"/notifications/{UNKNOWN_ID}/read"),
+        ("POST", "/notifications/read-all"),
+    ]:
+        response = await client.request(method, f"{API}{path}")
+        await error_of(response, 401, "not_authenticated")
+        response = await client.request(method, f"{API}{path}", headers={"Authorization": "Bearer not-a-token"})
+        await error_of(response, 401, "invalid_token")
+
+
+async def test_admin_change_notifies_the_user(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    user = await accounts.user()
+    response = await client.patch(f"{API}/users/{user.id}", json={"full_name": "New Name"}, headers=admin.headers)
+    assert response.status == 200, await response.text()
+    [notification] = (await inbox(client, user))["items"]
+    assert notification["data"] == {"event": "account_changed", "fields": ["full_name"]}
+    assert notification["read"] is False
+    assert "full_name" in notification["body"]
+    assert await unread(client, user) == 1
+    assert (await inbox(client, admin))["items"] == []
+    # A change a user makes to their own account is not announced to them.
+    response = await client.patch(f"{API}/users/me", json={"bio": "hi"}, headers=user.headers)
+    assert response.status == 200, await response.text()
+    assert await unread(client, user) == 1
