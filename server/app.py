@@ -10,7 +10,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp_apigami import validation_middleware
 from pymongo import AsyncMongoClient
 
 from server.accounts import AccountService
@@ -37,7 +36,7 @@ from server.keys import (
     tokens_key,
 )
 from server.locks import Locks
-from server.middlewares import auth_middleware, error_middleware, request_id_middleware, security_headers
+from server.middlewares import auth_middleware, request_id_middleware, security_headers, validation_middleware
 from server.notifications import NotificationService
 from server.openapi import setup_openapi
 from server.panel import create_admin_app
@@ -165,7 +164,7 @@ async def close_sockets(app: web.Application) -> None:
 def create_app(settings: Settings) -> web.Application:
     """Build the application; nothing is opened until it starts."""
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, auth_middleware, validation_middleware],
+        middlewares=[request_id_middleware, auth_middleware, validation_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[settings_key] = settings

@@ -137,11 +137,15 @@ class Hub:
         # Every socket, authenticated or not, so shutdown can close them all.
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._broker_was_connected = False
         self.deliveries = 0
         broker.subscribe(NOTIFY_TOPIC, self._on_notify)
         broker.subscribe(AUTH_TOPIC, self._on_auth)
         broker.on_connect(self._on_broker_connect)
+        broker.on_disconnect(self._on_broker_disconnect)
+        # While the subscription is down: per socket, where its catch-up must start (its position when the
+        # outage began) and what it was sent meanwhile (local deliveries), so the catch-up neither skips nor
+        # repeats. None while the subscription is live.
+        self._outage: dict[Connection, tuple[str, set[str]]] | None = None
 
     # Registry
 
@@ -154,6 +158,8 @@ class Hub:
         if len(conns) >= self._settings.ws_max_per_user:
             return False
         conns.add(conn)
+        if self._outage is not None:
+            self._outage[conn] = (conn.last_id, set())
         return True
 
     def go_live(self, conn: Connection) -> None:
@@ -163,6 +169,8 @@ class Hub:
             self._write(conn, notification_id, frame)
 
     def remove(self, conn: Connection) -> None:
+        if self._outage is not None:
+            self._outage.pop(conn, None)
         conns = self._by_user.get(conn.user_id)
         if conns is not None:
             conns.discard(conn)
@@ -204,6 +212,8 @@ class Hub:
             return
         transport.write(frame)
         self.deliveries += 1
+        if self._outage is not None and conn in self._outage:
+            self._outage[conn][1].add(notification_id)
         if conn.delivered is not None:
             if len(conn.delivered) >= MAX_TRACKED:
                 conn.delivered.clear()  # a resume comes right after "ready"; only the newest ids matter
@@ -211,7 +221,9 @@ class Hub:
         if notification_id > conn.last_id:  # same-length hex ids compare like the ObjectIds
             conn.last_id = notification_id
 
-    async def replay(self, conn: Connection, after: str, *, held: bool = False) -> None:
+    async def replay(
+        self, conn: Connection, after: str, *, held: bool = False, skip: frozenset[str] = frozenset()
+    ) -> None:
         """Send what the socket missed after `after` from MongoDB, then go live with no gap and no duplicate.
 
         `held`: the caller already holds live frames back (conn.pending), since the moment it chose `after`.
@@ -225,7 +237,7 @@ class Hub:
                 self.close(conn, CloseCode.LOST_SYNC, "lost sync; reconnect and resume")
                 return
             conn.pending, conn.pending_bytes = [], 0
-        sent, conn.delivered = conn.delivered or set(), None
+        sent, conn.delivered = (conn.delivered or set()) | skip, None
         try:
             while user_oid is not None and after_oid is not None and not conn.closing:
                 batch = await self._notifications.after(user_oid, after_oid, REPLAY_BATCH)
@@ -261,31 +273,46 @@ class Hub:
                     if conn.session_id == key:
                         self.close(conn, CloseCode.BAD_CREDENTIALS, "logged out")
 
-    async def _recheck_user(self, user_id: str) -> None:
+    async def _recheck_user(self, user_id: str, *, sessions: bool = False) -> None:
+        """Close the user's sockets whose user was deactivated or revoked (and, with `sessions`, whose session
+        was logged out) since they authenticated."""
         state = await self._authenticator.user_state(user_id)
         for conn in list(self._by_user.get(user_id, ())):
             if state is None or not state.is_active:
                 self.close(conn, CloseCode.FORBIDDEN, "account deactivated")
             elif state.token_version != conn.token_version:
                 self.close(conn, CloseCode.BAD_CREDENTIALS, "credentials revoked")
+            elif sessions and not await self._authenticator.session_live(conn.session_id, conn.user_id):
+                self.close(conn, CloseCode.BAD_CREDENTIALS, "logged out")
+
+    def _on_broker_disconnect(self) -> None:
+        self._outage = {conn: (conn.last_id, set()) for conns in self._by_user.values() for conn in conns}
 
     def _on_broker_connect(self) -> None:
-        # After an outage, catch every socket up from MongoDB: it may have missed what was published meanwhile.
-        # The position is taken and live frames are held now, not when the task runs: a delayed publish arriving
-        # first would otherwise move last_id past what was missed, and those would never be sent.
-        if self._broker_was_connected:
-            for conns in list(self._by_user.values()):
-                for conn in list(conns):
-                    if conn.pending is not None:  # being set up or replayed, maybe from before the outage ended
-                        self.close(conn, CloseCode.LOST_SYNC, "lost sync; reconnect and resume")
-                        continue
-                    conn.pending, conn.pending_bytes = [], 0
-                    self.spawn(self._catch_up(conn, conn.last_id))
-        self._broker_was_connected = True
+        """After an outage, catch every socket up from MongoDB: it may have missed what was published meanwhile.
 
-    async def _catch_up(self, conn: Connection, after: str) -> None:
+        Each catch-up starts where its socket was when the outage began (local deliveries since then may have
+        moved last_id past notifications made elsewhere), and skips what it was sent meanwhile. Live frames are
+        held from now, not from when the task runs.
+        """
+        outage, self._outage = self._outage, None
+        if outage is None:  # the first connection at start-up
+            return
+        # Revocations made elsewhere while the subscription was down were not heard: check every user again.
+        for user_id in list(self._by_user):
+            self.spawn(self._recheck_user(user_id, sessions=True))
+        for conns in list(self._by_user.values()):
+            for conn in list(conns):
+                after, sent_meanwhile = outage.get(conn, (conn.last_id, set()))
+                if conn.pending is not None:  # being set up or replayed, maybe from before the outage ended
+                    self.close(conn, CloseCode.LOST_SYNC, "lost sync; reconnect and resume")
+                    continue
+                conn.pending, conn.pending_bytes = [], 0
+                self.spawn(self._catch_up(conn, after, frozenset(sent_meanwhile)))
+
+    async def _catch_up(self, conn: Connection, after: str, skip: frozenset[str]) -> None:
         try:
-            await self.replay(conn, after, held=True)
+            await self.replay(conn, after, held=True, skip=skip)
         except Exception:
             log.exception("catch-up failed; asking the client to resume")
             self.close(conn, CloseCode.LOST_SYNC, "lost sync; reconnect and resume")

@@ -1,18 +1,26 @@
-"""Request id, JSON errors and authentication, applied to every request in that order."""
+"""Request id and JSON errors, then authentication, then request validation, applied to every request in that order.
+
+Each layer costs every request a coroutine (and a WebSocket its frame for as long as it is open), so the request id
+and the error rendering share one middleware, and the others hand the handler's coroutine on without awaiting it
+when they have nothing to do for a route.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp_apigami import validation_middleware as apigami_validation_middleware
+from aiohttp_apigami.middlewares import _get_handler_schemas
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from server.authenticator import required_role
+from server.authenticator import Role, required_role
 from server.errors import ApiError, Forbidden, NotAuthenticated
 from server.keys import authenticator_key, principal_key, request_id_key
 from server.logs import request_id_var
@@ -36,25 +44,6 @@ _HTTP_ERROR_CODES = {
 }
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id (a sane incoming X-Request-ID is kept) for its log lines and its response."""
-    incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-    request[request_id_key] = request_id
-    token = request_id_var.set(request_id)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        # Redirects and other non-error exceptions raised by handlers still carry the id.
-        exc.headers["X-Request-ID"] = request_id
-        raise
-    finally:
-        request_id_var.reset(token)
-    response.headers["X-Request-ID"] = request_id
-    return response
-
-
 def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
     error: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
@@ -63,39 +52,51 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every failure as {"error": {"code", "message", "details"?}}; never a stack trace."""
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id (a sane incoming X-Request-ID is kept) for its log lines and its response, and
+    render every failure as {"error": {"code", "message", "details"?}}; never a stack trace."""
+    incoming = request.headers.get("X-Request-ID")
+    request_id = incoming if incoming and _SAFE_REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
+    request[request_id_key] = request_id
+    token = request_id_var.set(request_id)
     try:
-        return await handler(request)
-    except ApiError as exc:
-        response = web.json_response(exc.body(), status=exc.status)
-        response.headers.update(exc.headers)
-        return response
+        response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
+            # Redirects and other non-error exceptions raised by handlers still carry the id.
+            exc.headers["X-Request-ID"] = request_id
             raise
         response = error_response(exc.status, _HTTP_ERROR_CODES.get(exc.status, "http_error"), exc.reason)
         for name in ("Allow", "Retry-After", "WWW-Authenticate"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
-        return response
+    except ApiError as exc:
+        response = web.json_response(exc.body(), status=exc.status)
+        response.headers.update(exc.headers)
     except (PyMongoError, RedisError) as exc:
         # A backing service is down or timed out: the client may retry; nothing was half-done on our side.
         log.warning("backing service unavailable in %s %s: %s", request.method, request.path, exc)
         response = error_response(503, "service_unavailable", "A backing service is unavailable; retry shortly.")
         response.headers["Retry-After"] = "5"
-        return response
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "Something went wrong on our side.")
+        response = error_response(500, "internal_error", "Something went wrong on our side.")
+    finally:
+        request_id_var.reset(token)
+    response.headers["X-Request-ID"] = request_id
+    return response
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def auth_middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
     """Enforce @auth_required / @admin_required before the body is even parsed."""
     role = required_role(request.match_info.handler)
     if role is None:
-        return await handler(request)
+        return handler(request)
+    return _authenticated(request, handler, role)
+
+
+async def _authenticated(request: web.Request, handler: Handler, role: Role) -> web.StreamResponse:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise NotAuthenticated("A bearer access token is required.")
@@ -104,6 +105,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise Forbidden("Administrators only.")
     request[principal_key] = principal
     return await handler(request)
+
+
+@web.middleware
+def validation_middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """aiohttp-apigami's request validation, for the handlers that declare a request schema; the others (the
+    WebSocket, /users/me, health) go straight on."""
+    if not _get_handler_schemas(request):
+        return handler(request)
+    return apigami_validation_middleware(request, handler)
 
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'"

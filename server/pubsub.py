@@ -100,7 +100,13 @@ class RedisBroker(Broker):
         return f"{self._prefix}{topic}"
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        await self._publisher.publish(self._channel(topic), payload)
+        try:
+            await self._publisher.publish(self._channel(topic), payload)
+        except (RedisError, OSError):
+            # Redis is unreachable: this process's own subscribers still hear it (a revocation closes local
+            # sockets, a notification reaches local sockets); other processes catch up when Redis returns.
+            self._dispatch(topic, payload)
+            raise
 
     async def run(self) -> None:
         delay = 0.05

@@ -11,8 +11,9 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import pytest
@@ -22,7 +23,8 @@ from aiohttp.test_utils import TestClient
 import server.hub as hub_module
 from server.keys import hub_key, settings_key
 from server.notifications import NotificationService
-from tests.conftest import Account, Accounts, AppFactory
+from tests.conftest import REDIS_URL, Account, Accounts, AppFactory
+from tests.helpers import TcpProxy
 from tests.realtime import (
     API,
     TIMEOUT,
@@ -358,9 +360,10 @@ async def test_catch_up_after_a_broker_outage_starts_where_the_outage_began(
                 return None
 
             outage.setattr(NotificationService, "publish", unpublished)
+            hub._on_broker_disconnect()  # the subscription is lost ...
             first = await send_to(client, admin, user, title="stored during the outage")
             second = await send_to(client, admin, user, title="published late")
-        hub._on_broker_connect()  # the subscription is back: the catch-up is scheduled ...
+        hub._on_broker_connect()  # ... and back: the catch-up is scheduled ...
         hub._on_notify(json.dumps([[user.id, second]]).encode())  # ... and the late publish comes first
         assert await notifications_until(ws, second["id"]) == [first, second]
         sentinel = await send_to(client, admin, user, title="sentinel")
@@ -593,3 +596,37 @@ async def test_shutdown_closes_every_socket_with_1001(make_client: AppFactory, m
                 pass
     finally:
         stuck.close()
+
+
+@pytest.fixture
+async def redis_proxy() -> AsyncIterator[TcpProxy]:
+    """Redis behind a proxy the test can cut; requested before make_client, so it outlives the app's teardown."""
+    parts = urlsplit(REDIS_URL)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+async def test_revocations_close_local_sockets_while_redis_is_down(
+    redis_proxy: TcpProxy, make_client: AppFactory
+) -> None:
+    """With Redis unreachable, a deactivation and a logout still close this process's sockets at once."""
+    client, accounts, _ = await make_client(redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0")
+    admin, user, other = await accounts.user(admin=True), await accounts.user(), await accounts.user()
+    async with (
+        client.ws_connect(WS, headers=user.headers) as deactivated,
+        client.ws_connect(WS, headers=other.headers) as logged_out,
+    ):
+        await ready(deactivated)
+        await ready(logged_out)
+        await redis_proxy.stop()  # Redis is gone for this app
+        response = await client.patch(f"{API}/users/{user.id}", json={"is_active": False}, headers=admin.headers)
+        assert response.status == 200, await response.text()
+        await expect_close(deactivated, 4403, skip={"notification"})
+        response = await client.post(
+            f"{API}/auth/logout", json={"refresh_token": other.refresh_token}, headers=other.headers
+        )
+        assert response.status == 204, await response.text()
+        await expect_close(logged_out, 4401)
+    await redis_proxy.start()  # back on the same port, for the app's own teardown
