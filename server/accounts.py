@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from beanie import SortDirection
 from pymongo.errors import OperationFailure
 
 from documents import Session, User
@@ -18,6 +17,7 @@ from server.authenticator import Authenticator, parse_object_id
 from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.locks import Locks
 from server.notifications import NotificationService, new_id
+from server.pagination import newest_first
 from server.security import Passwords
 from server.sessions import SessionService
 
@@ -126,11 +126,6 @@ class AccountService:
     ) -> Page:
         """Newest first, keyset-paginated on _id; `query` matches the start of the email or the username."""
         conditions: dict[str, Any] = {}
-        if before is not None:
-            oid = parse_object_id(before)
-            if oid is None:
-                raise ValidationFailed(details={"before": ["Not a valid id."]})
-            conditions["_id"] = {"$lt": oid}
         if query:
             prefix = {"$regex": "^" + re.escape(query.strip().casefold())}
             conditions["$or"] = [{"email_key": prefix}, {"username_key": prefix}]
@@ -138,10 +133,8 @@ class AccountService:
             conditions["is_active"] = is_active
         if is_admin is not None:
             conditions["is_admin"] = is_admin
-        users = await User.find(conditions).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list()
-        more = len(users) > limit
-        users = users[:limit]
-        return Page(users, str(users[-1].id) if more else None)
+        users, next_before = await newest_first(User, conditions, before=before, limit=limit)
+        return Page(users, next_before)
 
     async def _apply(self, user: User, changes: dict[str, Any]) -> User:
         assert user.id is not None

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from beanie import PydanticObjectId, SortDirection
+from beanie import PydanticObjectId
 
 from documents import AuditEntry, User
 from server.authenticator import parse_object_id
-from server.errors import ValidationFailed
+from server.pagination import newest_first
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,5 @@ class AuditLog:
         ).insert()
 
     async def page(self, *, before: str | None = None, limit: int = 50) -> AuditPage:
-        conditions: dict[str, Any] = {}
-        if before is not None:
-            oid = parse_object_id(before)
-            if oid is None:
-                raise ValidationFailed(details={"before": ["Not a valid id."]})
-            conditions["_id"] = {"$lt": oid}
-        entries = await AuditEntry.find(conditions).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list()
-        more = len(entries) > limit
-        entries = entries[:limit]
-        return AuditPage(entries, str(entries[-1].id) if more else None)
+        entries, next_before = await newest_first(AuditEntry, {}, before=before, limit=limit)
+        return AuditPage(entries, next_before)

@@ -49,20 +49,30 @@ class AccessLogger(AbstractAccessLogger):
     """One JSON line per request; the path only, never the query string, which may carry secrets."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        self.logger.info(
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        method, path, status = request.method, request.path, response.status
+        # What logger.info(...) would log, minus its walk up the stack for the caller's file and line (a quarter of
+        # the cost of a line, and not part of the JSON): this runs once per request.
+        record = logger.makeRecord(
+            logger.name,
+            logging.INFO,
+            __file__,
+            0,
             "%s %s %s",
-            request.method,
-            request.path,
-            response.status,
+            (method, path, status),
+            None,
             extra={
                 "request_id": response.headers.get("X-Request-ID"),
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
+                "method": method,
+                "path": path,
+                "status": status,
                 "duration_ms": round(time * 1000, 2),
                 "remote": request.remote,
             },
         )
+        logger.handle(record)
 
     @property
     def enabled(self) -> bool:

@@ -20,6 +20,7 @@ from documents import BroadcastReceipt, Dispatch, Inbox, Notification, User
 from server.audit import Actor, AuditLog
 from server.authenticator import parse_object_id
 from server.errors import NotFound, ValidationFailed
+from server.pagination import newest_first
 from server.pubsub import Broker
 
 log = logging.getLogger(__name__)
@@ -217,15 +218,8 @@ class NotificationService:
             }
         else:
             conditions = visible_to(user_id)
-        if before is not None:
-            oid = parse_object_id(before)
-            if oid is None:
-                raise ValidationFailed(details={"before": ["Not a valid id."]})
-            conditions = {"$and": [conditions, {"_id": {"$lt": oid}}]}
-        found = await Notification.find(conditions).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list()
-        more = len(found) > limit
-        found = found[:limit]
-        return Page([n.public(state.is_read(n)) for n in found], str(found[-1].id) if more else None)
+        found, next_before = await newest_first(Notification, conditions, before=before, limit=limit)
+        return Page([n.public(state.is_read(n)) for n in found], next_before)
 
     async def after(self, user_id: PydanticObjectId, after: PydanticObjectId, limit: int) -> list[dict[str, Any]]:
         """Notifications newer than `after`, oldest first: what a reconnecting socket missed."""
@@ -276,17 +270,8 @@ class NotificationService:
 
     async def dispatches(self, *, before: str | None = None, limit: int = 20) -> tuple[list[DispatchStats], str | None]:
         """What was sent, newest first, with how many recipients have read each."""
-        conditions: dict[str, Any] = {}
-        if before is not None:
-            oid = parse_object_id(before)
-            if oid is None:
-                raise ValidationFailed(details={"before": ["Not a valid id."]})
-            conditions["_id"] = {"$lt": oid}
-        found = await Dispatch.find(conditions).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list()
-        more = len(found) > limit
-        found = found[:limit]
-        stats = [DispatchStats(dispatch, await self._read_count(dispatch)) for dispatch in found]
-        return stats, (str(found[-1].id) if more else None)
+        found, next_before = await newest_first(Dispatch, {}, before=before, limit=limit)
+        return [DispatchStats(dispatch, await self._read_count(dispatch)) for dispatch in found], next_before
 
     @staticmethod
     async def _read_count(dispatch: Dispatch) -> int:
