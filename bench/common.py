@@ -139,6 +139,7 @@ class Server:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
+        self.stop()
         raise RuntimeError(f"{self.name} did not become ready within {ready_within:.0f}s; see {self.log_path}")
 
     def check_alive(self) -> None:

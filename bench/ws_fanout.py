@@ -158,17 +158,22 @@ async def start_tidings(log_dir: Path, sockets: int, per_user: int) -> Target:
     isolation = Isolation.new("ws")
     server = tidings_server("tidings-ws", isolation, log_dir, WS_MAX_PER_USER=str(max(per_user, 1)))
     target = Target("tidings", server, "", "", "", [], isolation)
-    await server.start()
-    target.ws_url = f"ws://{HOST}:{server.port}{API}/ws"
-    target.broadcast_url = f"{server.base}{API}/notifications"
-    admin_email = "admin@bench.example.com"
-    await asyncio.to_thread(create_admin, server.env, admin_email, "admin")
-    async with aiohttp.ClientSession() as session:
-        target.admin_token, _ = await login(session, server.base, admin_email)
-    users = math.ceil(sockets / per_user)
-    started = time.monotonic()
-    members = await register_many(server.base, [f"u{i:05d}" for i in range(users)])
-    log(f"registered and logged in {users} users in {time.monotonic() - started:.1f}s")
+    try:
+        await server.start()
+        target.ws_url = f"ws://{HOST}:{server.port}{API}/ws"
+        target.broadcast_url = f"{server.base}{API}/notifications"
+        admin_email = "admin@bench.example.com"
+        await asyncio.to_thread(create_admin, server.env, admin_email, "admin")
+        async with aiohttp.ClientSession() as session:
+            target.admin_token, _ = await login(session, server.base, admin_email)
+        users = math.ceil(sockets / per_user)
+        started = time.monotonic()
+        members = await register_many(server.base, [f"u{i:05d}" for i in range(users)])
+        log(f"registered and logged in {users} users in {time.monotonic() - started:.1f}s")
+    except BaseException:
+        server.stop()
+        await drop(isolation)
+        raise
     target.tokens = [members[i // per_user].access_token for i in range(sockets)]
     return target
 

@@ -29,7 +29,7 @@ from server.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 500
-MAX_TRACKED = 1024
+MAX_TRACKED = 64
 # How long a forced close may take; a peer that has not taken our data by then is dropped (see close_socket).
 CLOSE_TIMEOUT = 5.0
 
@@ -215,9 +215,11 @@ class Hub:
         if self._outage is not None and conn in self._outage:
             self._outage[conn][1].add(notification_id)
         if conn.delivered is not None:
+            # Only a resume right after "ready" needs these; a socket that never resumes stops tracking.
             if len(conn.delivered) >= MAX_TRACKED:
-                conn.delivered.clear()  # a resume comes right after "ready"; only the newest ids matter
-            conn.delivered.add(notification_id)
+                conn.delivered = None
+            else:
+                conn.delivered.add(notification_id)
         if notification_id > conn.last_id:  # same-length hex ids compare like the ObjectIds
             conn.last_id = notification_id
 

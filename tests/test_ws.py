@@ -630,3 +630,18 @@ async def test_revocations_close_local_sockets_while_redis_is_down(
         assert response.status == 204, await response.text()
         await expect_close(logged_out, 4401)
     await redis_proxy.start()  # back on the same port, for the app's own teardown
+
+
+async def test_a_socket_that_never_resumes_stops_tracking_what_it_was_sent(
+    client: TestClient[Any, Any], accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """White-box: the ids kept to deduplicate an early resume are bounded, so a long-lived socket does not grow."""
+    monkeypatch.setattr(hub_module, "MAX_TRACKED", 3)
+    admin, user = await accounts.user(admin=True), await accounts.user()
+    hub = client.app[hub_key]
+    async with client.ws_connect(WS, headers=user.headers) as ws:
+        await ready(ws)
+        sent = [await send_to(client, admin, user, title=f"n{i}") for i in range(5)]
+        assert await notifications_until(ws, sent[-1]["id"]) == sent
+        [conn] = [conn for conns in hub._by_user.values() for conn in conns]
+        assert conn.delivered is None
