@@ -125,7 +125,13 @@ DOCS_CSP = (
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: headers every response carries."""
+    """on_response_prepare: headers every response carries, but a WebSocket's 101.
+
+    Browsers ignore these on a protocol switch, and the upgrade's headers live as long as the socket: about
+    1 KiB per idle socket for nothing.
+    """
+    if response.status == 101:
+        return
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
