@@ -7,6 +7,9 @@ from collections.abc import Collection
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import Account
 
 API = "/api/v1"
 # Generous: the machine may be busy. Every wait returns as soon as its event happens.
@@ -71,3 +74,26 @@ async def notifications_until(
 
 def ids(notifications: list[dict[str, Any]]) -> list[str]:
     return [notification["id"] for notification in notifications]
+
+
+# Through the REST API
+
+
+async def send(client: TestClient[Any, Any], admin: Account, **fields: Any) -> list[dict[str, Any]]:
+    body = {"title": "Hello", "body": "World", **fields}
+    response = await client.post(f"{API}/notifications", json=body, headers=admin.headers)
+    assert response.status == 201, await response.text()
+    sent: list[dict[str, Any]] = (await response.json())["notifications"]
+    return sent
+
+
+async def send_to(client: TestClient[Any, Any], admin: Account, user: Account, **fields: Any) -> dict[str, Any]:
+    [notification] = await send(client, admin, user_ids=[user.id], **fields)
+    return notification
+
+
+async def unread(client: TestClient[Any, Any], user: Account) -> int:
+    response = await client.get(f"{API}/notifications/unread-count", headers=user.headers)
+    assert response.status == 200, await response.text()
+    count: int = (await response.json())["unread"]
+    return count

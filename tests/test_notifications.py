@@ -9,34 +9,14 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import Account, Accounts
-from tests.realtime import API, ids
+from tests.helpers import error_of
+from tests.realtime import API, ids, send, send_to, unread
 
 UNKNOWN_ID = "0" * 24  # a well-formed ObjectId no document has
 
 
-async def error_of(response: ClientResponse, status: int, code: str) -> dict[str, Any]:
-    """The one JSON error shape, with this status and code."""
-    text = await response.text()
-    assert response.status == status, text
-    body = json.loads(text)
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == code, body
-    assert body["error"]["message"], body
-    error: dict[str, Any] = body["error"]
-    return error
-
-
-async def send(client: TestClient[Any, Any], admin: Account, **fields: Any) -> list[dict[str, Any]]:
-    body = {"title": "Hello", "body": "World", **fields}
-    response = await client.post(f"{API}/notifications", json=body, headers=admin.headers)
-    assert response.status == 201, await response.text()
-    sent: list[dict[str, Any]] = (await response.json())["notifications"]
-    return sent
-
-
 async def send_one(client: TestClient[Any, Any], admin: Account, user: Account, **fields: Any) -> str:
-    [notification] = await send(client, admin, user_ids=[user.id], **fields)
-    return str(notification["id"])
+    return str((await send_to(client, admin, user, **fields))["id"])
 
 
 async def inbox(client: TestClient[Any, Any], user: Account, query: str = "") -> dict[str, Any]:
@@ -44,13 +24,6 @@ async def inbox(client: TestClient[Any, Any], user: Account, query: str = "") ->
     assert response.status == 200, await response.text()
     page: dict[str, Any] = await response.json()
     return page
-
-
-async def unread(client: TestClient[Any, Any], user: Account) -> int:
-    response = await client.get(f"{API}/notifications/unread-count", headers=user.headers)
-    assert response.status == 200, await response.text()
-    count: int = (await response.json())["unread"]
-    return count
 
 
 async def mark_read(client: TestClient[Any, Any], user: Account, notification_id: str) -> ClientResponse:

@@ -35,6 +35,9 @@ from tests.realtime import (
     notifications_until,
     pong,
     ready,
+    send,
+    send_to,
+    unread,
 )
 
 WS = f"{API}/ws"
@@ -48,26 +51,6 @@ def no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
     errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
     assert not errors, [f"{r.name}: {r.getMessage()} {r.exc_info}" for r in errors]
-
-
-async def send(client: TestClient[Any, Any], admin: Account, **fields: Any) -> list[dict[str, Any]]:
-    body = {"title": "Hello", "body": "World", **fields}
-    response = await client.post(f"{API}/notifications", json=body, headers=admin.headers)
-    assert response.status == 201, await response.text()
-    sent: list[dict[str, Any]] = (await response.json())["notifications"]
-    return sent
-
-
-async def send_to(client: TestClient[Any, Any], admin: Account, user: Account, **fields: Any) -> dict[str, Any]:
-    [notification] = await send(client, admin, user_ids=[user.id], **fields)
-    return notification
-
-
-async def unread(client: TestClient[Any, Any], user: Account) -> int:
-    response = await client.get(f"{API}/notifications/unread-count", headers=user.headers)
-    assert response.status == 200, await response.text()
-    count: int = (await response.json())["unread"]
-    return count
 
 
 async def connect(client: TestClient[Any, Any], user: Account) -> ClientWebSocketResponse:
