@@ -18,6 +18,7 @@ from server.dashboard import dashboard_stats, recent_events
 from server.errors import ApiError, Forbidden, TooManyRequests
 from server.keys import accounts_key, audit_key, gauge_key, notifications_key, principal_key, sessions_key
 from server.panel import (
+    COOKIE_PATH,
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
     check_csrf,
@@ -86,14 +87,14 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         return _render_login(request, error=exc.message, status=exc.status, next_url=next_url)
     response = web.HTTPSeeOther(_safe_next(next_url))
     set_cookie(response, request, SESSION_COOKIE, token, request.config_dict[sessions_key].settings.panel_session_ttl)
-    response.del_cookie(LOGIN_CSRF_COOKIE, path="/admin")
+    response.del_cookie(LOGIN_CSRF_COOKIE, path=COOKIE_PATH)
     raise response
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     await request.config_dict[sessions_key].revoke(parse_object_id(request[principal_key].session_id))
     response = redirect(request, "/admin/login", kind="success", text="You are logged out.")
-    response.del_cookie(SESSION_COOKIE, path="/admin")
+    response.del_cookie(SESSION_COOKIE, path=COOKIE_PATH)
     raise response
 
 
