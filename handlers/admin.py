@@ -39,8 +39,8 @@ def _safe_next(value: str | None) -> str:
     return "/admin/"
 
 
-async def _actor(request: web.Request) -> Actor | None:
-    return await Actor.load(request[principal_key].user_id)
+def _actor(request: web.Request) -> Actor:
+    return Actor.of(request[principal_key])
 
 
 def _render_login(
@@ -160,7 +160,7 @@ async def _change_user(request: web.Request, changes: dict[str, Any], done: str)
     user = await _user(request)
     location = f"/admin/users/{user.id}"
     try:
-        await request.config_dict[accounts_key].update_by_admin(await _actor(request), user, changes)
+        await request.config_dict[accounts_key].update_by_admin(_actor(request), user, changes)
     except ApiError as exc:
         raise redirect(request, location, kind="error", text=exc.message) from None
     raise redirect(request, location, kind="success", text=done)
@@ -189,7 +189,7 @@ async def set_admin(request: web.Request) -> web.StreamResponse:
 
 async def revoke_sessions(request: web.Request) -> web.StreamResponse:
     user = await _user(request)
-    await request.config_dict[accounts_key].revoke_sessions(await _actor(request), user)
+    await request.config_dict[accounts_key].revoke_sessions(_actor(request), user)
     raise redirect(request, f"/admin/users/{user.id}", kind="success", text="Every session of this user was ended.")
 
 
@@ -210,7 +210,7 @@ async def notify_user(request: web.Request) -> web.StreamResponse:
             {"title": form.get("title", ""), "body": form.get("body", ""), "user_ids": [str(user.id)]}
         )
         await request.config_dict[notifications_key].send(
-            title=data["title"], body=data["body"], user_ids=data["user_ids"], sender=await _actor(request)
+            title=data["title"], body=data["body"], user_ids=data["user_ids"], sender=_actor(request)
         )
     except ValidationError as exc:
         raise redirect(request, location, kind="error", text=_errors_text(exc.messages)) from None
@@ -271,7 +271,7 @@ async def notifications(request: web.Request) -> web.Response:
                     body=data["body"],
                     user_ids=data.get("user_ids"),
                     broadcast=data["broadcast"],
-                    sender=await _actor(request),
+                    sender=_actor(request),
                 )
                 count = "everyone" if broadcast else f"{len(ids)} user(s)"
                 raise redirect(request, "/admin/notifications", kind="success", text=f"Notification sent to {count}.")

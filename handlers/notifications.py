@@ -40,7 +40,7 @@ async def send(request: web.Request) -> web.Response:
         data=data["data"],
         user_ids=data.get("user_ids"),
         broadcast=data["broadcast"],
-        sender=await Actor.load(request[principal_key].user_id),
+        sender=Actor.of(request[principal_key]),
     )
     body = {"broadcast": data["broadcast"], "notifications": [n.public(read=False) for n in sent]}
     return web.json_response(body, status=201)

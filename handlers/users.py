@@ -98,7 +98,7 @@ async def get_user(request: web.Request) -> web.Response:
 async def patch_user(request: web.Request) -> web.Response:
     accounts = request.app[accounts_key]
     user = await accounts.get(request[path_key]["user_id"])
-    actor = await Actor.load(request[principal_key].user_id)
+    actor = Actor.of(request[principal_key])
     user = await accounts.update_by_admin(actor, user, request[validated_key].copy())
     return web.json_response(user.public())
 
@@ -113,6 +113,6 @@ async def patch_user(request: web.Request) -> web.Response:
 @admin_required
 async def delete_user(request: web.Request) -> web.Response:
     accounts = request.app[accounts_key]
-    actor = await Actor.load(request[principal_key].user_id)
+    actor = Actor.of(request[principal_key])
     await accounts.delete(actor, await accounts.get(request[path_key]["user_id"]))
     return web.Response(status=204)

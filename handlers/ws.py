@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from aiohttp_apigami import docs
 from bson import ObjectId
 
@@ -33,16 +33,10 @@ MAX_CLIENT_ERRORS = 10
     responses={101: {"description": "Switching protocols"}, **error_responses(401, 403)},
 )
 async def websocket(request: web.Request) -> web.StreamResponse:
+    # An idle socket keeps this frame for as long as it is open, so what it holds is kept small: the token
+    # and the principal are gone once the Connection is made.
+    principal = await _upgrade_principal(request)
     settings = request.app[settings_key]
-    origin = request.headers.get("Origin")
-    # Browsers always send Origin; refusing foreign ones stops cross-site WebSocket hijacking.
-    if origin is not None and origin not in settings.allowed_origins:
-        raise Forbidden("This Origin may not open a WebSocket.")
-    principal = None
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token:
-        principal = await request.app[authenticator_key].authenticate(token.strip())
-
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat, max_msg_size=settings.ws_max_frame_bytes, compress=False, autoping=True
     )
@@ -51,35 +45,72 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     hub.sockets.add(ws)
     conn: Connection | None = None
     try:
-        if principal is None:
-            principal = await _authenticate_in_band(request, ws)
-            if principal is None:
-                return ws
-        assert request.transport is not None
-        conn = Connection(
-            ws,
-            request.transport,
-            principal.user_id,
-            principal.session_id,
-            principal.token_version,
-            principal.token_expires_at,
-            start_id=str(ObjectId.from_datetime(datetime.now(UTC))),
-        )
-        conn.pending = []
-        if not hub.add(conn):
-            await ws.close(code=CloseCode.TOO_MANY_CONNECTIONS, message=b"too many connections for this user")
+        conn = await _open(request, ws, hub, principal)
+        del principal
+        if conn is None:
             return ws
-        user_oid = parse_object_id(principal.user_id)
-        assert user_oid is not None
-        unread = await request.app[notifications_key].unread_count(user_oid)
-        await ws.send_json({"type": "ready", "user_id": principal.user_id, "unread": unread})
-        hub.go_live(conn)
-        await _serve(request, ws, hub, conn)
+        errors = 0
+        async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                break  # aiohttp already closed the socket (1009 for an oversized frame); nothing more can be sent
+            problem = await _handle(request, ws, hub, conn, msg)
+            if problem is not None:
+                errors += 1
+                if errors > MAX_CLIENT_ERRORS:
+                    await ws.close(code=CloseCode.PROTOCOL_ABUSE, message=b"too many invalid messages")
+                    break
+                code, text = problem
+                await ws.send_json({"type": "error", "code": code, "message": text})
+            if ws.closed:
+                break
     finally:
         if conn is not None:
             hub.remove(conn)
         hub.sockets.discard(ws)
     return ws
+
+
+async def _upgrade_principal(request: web.Request) -> Principal | None:
+    """Check the upgrade request: its Origin, and its Authorization header when there is one."""
+    origin = request.headers.get("Origin")
+    # Browsers always send Origin; refusing foreign ones stops cross-site WebSocket hijacking.
+    if origin is not None and origin not in request.app[settings_key].allowed_origins:
+        raise Forbidden("This Origin may not open a WebSocket.")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return await request.app[authenticator_key].authenticate(token.strip(), remember=False)
+
+
+async def _open(
+    request: web.Request, ws: web.WebSocketResponse, hub: Hub, principal: Principal | None
+) -> Connection | None:
+    """Authenticate (in band when the upgrade carried no token), register, say "ready" and go live; None when
+    the socket was closed instead."""
+    if principal is None:
+        principal = await _authenticate_in_band(request, ws)
+        if principal is None:
+            return None
+    assert request.transport is not None
+    conn = Connection(
+        ws,
+        request.transport,
+        principal.user_id,
+        principal.session_id,
+        principal.token_version,
+        principal.token_expires_at,
+        start_id=str(ObjectId.from_datetime(datetime.now(UTC))),
+    )
+    conn.pending = []
+    if not hub.add(conn):
+        await ws.close(code=CloseCode.TOO_MANY_CONNECTIONS, message=b"too many connections for this user")
+        return None
+    user_oid = parse_object_id(principal.user_id)
+    assert user_oid is not None
+    unread = await request.app[notifications_key].unread_count(user_oid)
+    await ws.send_json({"type": "ready", "user_id": principal.user_id, "unread": unread})
+    hub.go_live(conn)
+    return conn
 
 
 async def _authenticate_in_band(request: web.Request, ws: web.WebSocketResponse) -> Principal | None:
@@ -97,7 +128,7 @@ async def _authenticate_in_band(request: web.Request, ws: web.WebSocketResponse)
         await ws.close(code=CloseCode.BAD_CREDENTIALS, message=b"first message must be auth")
         return None
     try:
-        return await request.app[authenticator_key].authenticate(token)
+        return await request.app[authenticator_key].authenticate(token, remember=False)
     except InvalidToken:
         await ws.close(code=CloseCode.BAD_CREDENTIALS, message=b"invalid token")
         return None
@@ -111,60 +142,45 @@ def _parse(data: Any) -> dict[str, Any] | None:
     return message if isinstance(message, dict) else None
 
 
-async def _serve(request: web.Request, ws: web.WebSocketResponse, hub: Hub, conn: Connection) -> None:
-    errors = 0
-
-    async def error(code: str, text: str) -> None:
-        nonlocal errors
-        errors += 1
-        if errors > MAX_CLIENT_ERRORS:
-            await ws.close(code=CloseCode.PROTOCOL_ABUSE, message=b"too many invalid messages")
-        else:
-            await ws.send_json({"type": "error", "code": code, "message": text})
-
-    async for msg in ws:
-        if msg.type == WSMsgType.ERROR:
-            break  # aiohttp already closed the socket (1009 for an oversized frame); nothing more can be sent
-        if msg.type != WSMsgType.TEXT:
-            await error("unsupported", "Only JSON text messages are accepted.")
-            continue
-        message = _parse(msg.data)
-        if message is None:
-            await error("invalid_json", "Messages must be JSON objects.")
-            continue
-        kind = message.get("type")
-        if kind == "ping":
-            await ws.send_json({"type": "pong"})
-        elif kind == "resume":
-            after = message.get("after")
-            if not isinstance(after, str) or parse_object_id(after) is None:
-                await error("invalid_message", "resume needs 'after': a notification id.")
-            else:
-                await hub.replay(conn, after)
-        elif kind == "read":
-            await _mark_read(request, ws, conn, message.get("id"), error)
-        elif kind == "auth":
-            await _refresh_auth(request, ws, hub, conn, message.get("token"))
-        else:
-            await error("unknown_type", "Unknown message type.")
-        if ws.closed:
-            break
+async def _handle(
+    request: web.Request, ws: web.WebSocketResponse, hub: Hub, conn: Connection, msg: WSMessage
+) -> tuple[str, str] | None:
+    """Act on one client message; returns the client's error (code, message), if it made one."""
+    if msg.type != WSMsgType.TEXT:
+        return "unsupported", "Only JSON text messages are accepted."
+    message = _parse(msg.data)
+    if message is None:
+        return "invalid_json", "Messages must be JSON objects."
+    kind = message.get("type")
+    if kind == "ping":
+        await ws.send_json({"type": "pong"})
+    elif kind == "resume":
+        after = message.get("after")
+        if not isinstance(after, str) or parse_object_id(after) is None:
+            return "invalid_message", "resume needs 'after': a notification id."
+        await hub.replay(conn, after)
+    elif kind == "read":
+        return await _mark_read(request, ws, conn, message.get("id"))
+    elif kind == "auth":
+        await _refresh_auth(request, ws, hub, conn, message.get("token"))
+    else:
+        return "unknown_type", "Unknown message type."
+    return None
 
 
 async def _mark_read(
-    request: web.Request, ws: web.WebSocketResponse, conn: Connection, notification_id: Any, error: Any
-) -> None:
+    request: web.Request, ws: web.WebSocketResponse, conn: Connection, notification_id: Any
+) -> tuple[str, str] | None:
     if not isinstance(notification_id, str) or parse_object_id(notification_id) is None:
-        await error("invalid_message", "read needs 'id': a notification id.")
-        return
+        return "invalid_message", "read needs 'id': a notification id."
     user_oid = parse_object_id(conn.user_id)
     assert user_oid is not None
     try:
         await request.app[notifications_key].mark_read(user_oid, notification_id)
     except ApiError as exc:
-        await error(exc.code, exc.message)
-        return
+        return exc.code, exc.message
     await ws.send_json({"type": "read", "id": notification_id})
+    return None
 
 
 async def _refresh_auth(
@@ -174,7 +190,7 @@ async def _refresh_auth(
     try:
         if not isinstance(token, str):
             raise InvalidToken()
-        principal = await request.app[authenticator_key].authenticate(token)
+        principal = await request.app[authenticator_key].authenticate(token, remember=False)
     except InvalidToken:
         hub.close(conn, CloseCode.BAD_CREDENTIALS, "invalid token")
         return

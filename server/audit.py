@@ -7,8 +7,8 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
-from documents import AuditEntry, User
-from server.authenticator import parse_object_id
+from documents import AuditEntry
+from server.authenticator import Principal
 from server.pagination import newest_first
 
 
@@ -20,10 +20,9 @@ class Actor:
     email: str
 
     @classmethod
-    async def load(cls, user_id: str) -> Actor | None:
-        oid = parse_object_id(user_id)
-        user = await User.get(oid) if oid else None
-        return cls(user.id, user.email) if user and user.id else None
+    def of(cls, principal: Principal) -> Actor:
+        """The authenticated admin making a request; its email was read with its session, so no query here."""
+        return cls(PydanticObjectId(principal.user_id), principal.email)
 
 
 @dataclass(frozen=True)

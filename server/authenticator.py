@@ -55,11 +55,12 @@ class UserState:
     is_active: bool
     is_admin: bool
     token_version: int
+    email: str
     public_json: bytes
 
     @classmethod
     def of(cls, user: User) -> UserState:
-        return cls(user.is_active, user.is_admin, user.token_version, json.dumps(user.public()).encode())
+        return cls(user.is_active, user.is_admin, user.token_version, user.email, json.dumps(user.public()).encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class Principal:
     user_id: str
     session_id: str
     is_admin: bool
+    email: str
     public_json: bytes
     token_expires_at: float
     token_version: int
@@ -98,8 +100,11 @@ class Authenticator:
         broker.on_connect(self.clear)
         broker.on_disconnect(self.clear)
 
-    async def authenticate(self, token: str, kind: TokenType = "access") -> Principal:
-        """Check an access token (or the panel's session token) and that its session and user still stand."""
+    async def authenticate(self, token: str, kind: TokenType = "access", *, remember: bool = True) -> Principal:
+        """Check an access token (or the panel's session token) and that its session and user still stand.
+
+        `remember=False` for a token checked once (a WebSocket's): caching it would only hold its bytes.
+        """
         cache = self._claims[kind]
         claims = cache.get(token)
         if claims is None:
@@ -107,7 +112,8 @@ class Authenticator:
                 claims = self._tokens.decode(kind, token)
             except InvalidTokenError:
                 raise InvalidToken() from None
-            self._remember(cache, token, claims)
+            if remember:
+                self._remember(cache, token, claims)
         if claims.expires_at <= time.time():
             cache.pop(token, None)
             raise InvalidToken("The token has expired.")
@@ -126,7 +132,13 @@ class Authenticator:
         if not live:
             raise InvalidToken()
         return Principal(
-            claims.user_id, claims.session_id, user.is_admin, user.public_json, claims.expires_at, claims.version
+            claims.user_id,
+            claims.session_id,
+            user.is_admin,
+            user.email,
+            user.public_json,
+            claims.expires_at,
+            claims.version,
         )
 
     async def user_state(self, user_id: str) -> UserState | None:
@@ -152,8 +164,10 @@ class Authenticator:
         oid, uid = parse_object_id(session_id), parse_object_id(user_id)
         if oid is None or uid is None:
             return False
-        session = await Session.find_one({"_id": oid, "user_id": uid, "revoked_at": None})
-        if session is None:
+        # By _id alone: FerretDB pushes only {_id: value} down to its storage, and scans the collection for any
+        # other filter; the rest is checked here.
+        session = await Session.get(oid)
+        if session is None or session.user_id != uid or session.revoked_at is not None:
             return False
         expiry = session.expires_at.timestamp()
         if self._broker.connected and generation == self._generation:

@@ -121,8 +121,9 @@ class Connection:
         # While replaying from MongoDB, live frames wait here: (id, frame).
         self.pending: list[tuple[str, bytes]] | None = None
         self.pending_bytes = 0
-        # Ids written since the socket went live, until its first resume, so the replay skips them.
-        self.delivered: set[str] | None = set()
+        # Ids written since the socket went live, until its first resume, so the replay skips them; a list, as
+        # every idle socket holds one (a set costs 216 bytes empty) and it is searched at most once.
+        self.delivered: list[str] | None = []
         self.closing = False
 
 
@@ -133,7 +134,8 @@ class Hub:
         self._settings = settings
         self._notifications = notifications
         self._authenticator = authenticator
-        self._by_user: dict[str, set[Connection]] = {}
+        # Lists, not sets: one per connected user, and a user has a few sockets at most (ws_max_per_user).
+        self._by_user: dict[str, list[Connection]] = {}
         # Every socket, authenticated or not, so shutdown can close them all.
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -154,10 +156,10 @@ class Hub:
 
     def add(self, conn: Connection) -> bool:
         """Register an authenticated socket; False when its user is at the connection limit."""
-        conns = self._by_user.setdefault(conn.user_id, set())
+        conns = self._by_user.setdefault(conn.user_id, [])
         if len(conns) >= self._settings.ws_max_per_user:
             return False
-        conns.add(conn)
+        conns.append(conn)
         if self._outage is not None:
             self._outage[conn] = (conn.last_id, set())
         return True
@@ -172,8 +174,8 @@ class Hub:
         if self._outage is not None:
             self._outage.pop(conn, None)
         conns = self._by_user.get(conn.user_id)
-        if conns is not None:
-            conns.discard(conn)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
             if not conns:
                 del self._by_user[conn.user_id]
 
@@ -219,7 +221,7 @@ class Hub:
             if len(conn.delivered) >= MAX_TRACKED:
                 conn.delivered = None
             else:
-                conn.delivered.add(notification_id)
+                conn.delivered.append(notification_id)
         if notification_id > conn.last_id:  # same-length hex ids compare like the ObjectIds
             conn.last_id = notification_id
 
@@ -239,7 +241,7 @@ class Hub:
                 self.close(conn, CloseCode.LOST_SYNC, "lost sync; reconnect and resume")
                 return
             conn.pending, conn.pending_bytes = [], 0
-        sent, conn.delivered = (conn.delivered or set()) | skip, None
+        sent, conn.delivered = set(conn.delivered or ()) | skip, None
         try:
             while user_oid is not None and after_oid is not None and not conn.closing:
                 batch = await self._notifications.after(user_oid, after_oid, REPLAY_BATCH)

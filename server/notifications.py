@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -198,11 +199,17 @@ class NotificationService:
         return [oid for oid in oids if oid is not None]
 
     async def broadcast_state(self, user_id: PydanticObjectId) -> BroadcastState:
-        inbox = await Inbox.get(user_id)
+        # Both reads at once; receipts at or below the watermark (read-all deletes them, but one marked read
+        # meanwhile may remain) are left out here.
+        inbox, receipts = await asyncio.gather(
+            Inbox.get(user_id),
+            BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$gt": user_id}}).to_list(),
+        )
         watermark = inbox.broadcasts_read_through if inbox else None
         floor = max(user_id, watermark) if watermark is not None else user_id
-        receipts = await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$gt": floor}}).to_list()
-        return BroadcastState(floor, frozenset(receipt.notification_id for receipt in receipts))
+        return BroadcastState(
+            floor, frozenset(receipt.notification_id for receipt in receipts if receipt.notification_id > floor)
+        )
 
     async def inbox(
         self, user_id: PydanticObjectId, *, before: str | None = None, limit: int = 50, unread: bool = False
@@ -230,9 +237,10 @@ class NotificationService:
 
     async def unread_count(self, user_id: PydanticObjectId) -> int:
         state = await self.broadcast_state(user_id)
-        direct = await Notification.find({"recipient_id": user_id, "read_at": None}).count()
-        broadcasts = await Notification.find({"recipient_id": None, "_id": {"$gt": state.floor}}).count()
-        return direct + broadcasts - len(state.read_ids)
+        unread_or_newer = await Notification.find(
+            {"$or": [{"recipient_id": user_id, "read_at": None}, {"recipient_id": None, "_id": {"$gt": state.floor}}]}
+        ).count()
+        return unread_or_newer - len(state.read_ids)
 
     async def mark_read(self, user_id: PydanticObjectId, notification_id: str) -> None:
         oid = parse_object_id(notification_id)
