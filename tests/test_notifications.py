@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from server.keys import audit_key, notifications_key
 from tests.conftest import Account, Accounts
 from tests.helpers import error_of
 from tests.realtime import API, ids, send, send_to, unread
@@ -192,6 +193,22 @@ async def test_each_recipient_gets_one_notification(client: TestClient[Any, Any]
     assert (await mark_read(client, alice, for_alice["id"])).status == 204
     assert await unread(client, alice) == 0
     assert await unread(client, bob) == 1
+
+
+async def test_sender_is_recorded_as_the_admin_is_now(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    """The sender's email comes with the admin's authentication, so a change of email must show at once."""
+    admin = await accounts.user(admin=True)
+    user = await accounts.user()
+    await send_to(client, admin, user)
+    new_email = f"renamed-{admin.email}"
+    changes = {"email": new_email, "current_password": admin.password}
+    assert (await client.patch(f"{API}/users/me", json=changes, headers=admin.headers)).status == 200
+    await send_to(client, admin, user)
+    dispatches, _ = await client.app[notifications_key].dispatches()
+    assert [stats.dispatch.sender_email for stats in dispatches] == [new_email, admin.email]
+    entries = (await client.app[audit_key].page()).items
+    sent_by = [entry.actor_email for entry in entries if entry.action == "notification.sent"]
+    assert sent_by == [new_email, admin.email]
 
 
 # The inbox
