@@ -5,8 +5,8 @@ from aiohttp_apigami import docs, match_info_schema, querystring_schema, request
 
 from server.audit import Actor
 from server.authenticator import admin_required, auth_required
-from server.errors import Forbidden
-from server.keys import accounts_key, path_key, principal_key, validated_key
+from server.errors import Forbidden, InvalidToken
+from server.keys import accounts_key, authenticator_key, path_key, principal_key, validated_key
 from server.openapi import BEARER, error_responses
 from server.schemas import (
     AdminUpdateUserSchema,
@@ -23,7 +23,10 @@ from server.schemas import (
 @auth_required
 async def get_me(request: web.Request) -> web.Response:
     # Served from the authenticator's cache, which is dropped whenever this user changes.
-    return web.Response(body=request[principal_key].public_json, content_type="application/json")
+    profile = await request.app[authenticator_key].profile_json(request[principal_key].user_id)
+    if profile is None:  # deleted since the token was checked
+        raise InvalidToken()
+    return web.Response(body=profile, content_type="application/json")
 
 
 @docs(

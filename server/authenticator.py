@@ -50,17 +50,16 @@ def required_role(handler: object) -> Role | None:
 
 @dataclass(frozen=True, slots=True)
 class UserState:
-    """What authentication needs to know about a user, and the public JSON of /users/me."""
+    """What authentication needs to know about a user."""
 
     is_active: bool
     is_admin: bool
     token_version: int
     email: str
-    public_json: bytes
 
     @classmethod
     def of(cls, user: User) -> UserState:
-        return cls(user.is_active, user.is_admin, user.token_version, user.email, json.dumps(user.public()).encode())
+        return cls(user.is_active, user.is_admin, user.token_version, user.email)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +70,6 @@ class Principal:
     session_id: str
     is_admin: bool
     email: str
-    public_json: bytes
     token_expires_at: float
     token_version: int
 
@@ -93,6 +91,8 @@ class Authenticator:
         # Per token type, so a token decoded as one type is never found in the cache as another.
         self._claims: dict[TokenType, dict[str, Claims]] = {"access": {}, "panel": {}}
         self._users: dict[str, UserState] = {}
+        # The public JSON of GET /users/me, only for the users who asked for it (a socket's user never pays).
+        self._profiles: dict[str, bytes] = {}
         self._sessions: dict[str, float] = {}  # live session id -> its expiry
         # Bumped by every invalidation, so a read that raced with one is not cached.
         self._generation = 0
@@ -136,7 +136,6 @@ class Authenticator:
             claims.session_id,
             user.is_admin,
             user.email,
-            user.public_json,
             claims.expires_at,
             claims.version,
         )
@@ -154,6 +153,21 @@ class Authenticator:
         if self._broker.connected and generation == self._generation:
             self._remember(self._users, user_id, state)
         return state
+
+    async def profile_json(self, user_id: str) -> bytes | None:
+        """The user's public JSON, from the cache while nothing about the user changed; None if it is gone."""
+        cached = self._profiles.get(user_id) if self._broker.connected else None
+        if cached is not None:
+            return cached
+        generation = self._generation
+        oid = parse_object_id(user_id)
+        user = await User.get(oid) if oid is not None else None
+        if user is None:
+            return None
+        profile = json.dumps(user.public()).encode()
+        if self._broker.connected and generation == self._generation:
+            self._remember(self._profiles, user_id, profile)
+        return profile
 
     async def session_live(self, session_id: str, user_id: str) -> bool:
         now = time.time()
@@ -202,10 +216,12 @@ class Authenticator:
         kind, _, key = message.decode().partition(":")
         if kind == "u":
             self._users.pop(key, None)
+            self._profiles.pop(key, None)
         elif kind == "s":
             self._sessions.pop(key, None)
 
     def clear(self) -> None:
         self._generation += 1
         self._users.clear()
+        self._profiles.clear()
         self._sessions.clear()

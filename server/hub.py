@@ -14,7 +14,6 @@ import json
 import logging
 import struct
 import time
-import weakref
 from collections.abc import Coroutine
 from typing import Any
 
@@ -86,7 +85,6 @@ class Connection:
     """One authenticated socket."""
 
     __slots__ = (
-        "__weakref__",
         "closing",
         "delivered",
         "expires_at",
@@ -136,8 +134,8 @@ class Hub:
         self._authenticator = authenticator
         # Lists, not sets: one per connected user, and a user has a few sockets at most (ws_max_per_user).
         self._by_user: dict[str, list[Connection]] = {}
-        # Every socket, authenticated or not, so shutdown can close them all.
-        self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        # Every socket, authenticated or not, so shutdown can close them all; the handler removes its own.
+        self.sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.deliveries = 0
         broker.subscribe(NOTIFY_TOPIC, self._on_notify)

@@ -35,7 +35,6 @@ hub_key = web.AppKey("hub", Hub)
 audit_key = web.AppKey("audit", AuditLog)
 gauge_key = web.AppKey("gauge", ConnectionGauge)
 
-request_id_key = web.RequestKey("request_id", str)
 principal_key = web.RequestKey("principal", Principal)
 # Where aiohttp-apigami's validation middleware puts the validated body, query or path.
 validated_key: web.RequestKey[dict[str, Any]] = web.RequestKey("validated", dict)

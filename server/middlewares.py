@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from server.authenticator import Role, required_role
 from server.errors import ApiError, Forbidden, NotAuthenticated
-from server.keys import authenticator_key, principal_key, request_id_key
+from server.keys import authenticator_key, principal_key
 from server.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     render every failure as {"error": {"code", "message", "details"?}}; never a stack trace."""
     incoming = request.headers.get("X-Request-ID")
     request_id = incoming if incoming and _SAFE_REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
-    request[request_id_key] = request_id
     token = request_id_var.set(request_id)
     try:
         response = await handler(request)
