@@ -127,8 +127,10 @@ class AccountService:
         """Newest first, keyset-paginated on _id; `query` matches the start of the email or the username."""
         conditions: dict[str, Any] = {}
         if query:
-            prefix = {"$regex": "^" + re.escape(query.strip().casefold())}
-            conditions["$or"] = [{"email_key": prefix}, {"username_key": prefix}]
+            conditions["$or"] = [
+                {"email_key": {"$regex": "^" + re.escape(email_key(query))}},
+                {"username_key": {"$regex": "^" + re.escape(username_key(query))}},
+            ]
         if is_active is not None:
             conditions["is_active"] = is_active
         if is_admin is not None:

@@ -342,6 +342,9 @@ async def test_list_users_search(client: TestClient[Any, Any], accounts: Account
     assert await search("^b") == set()
     assert await search("the_boss") == {admin.id}
     assert await search("  bob") == {bob["id"]}
+    # Each field is matched in the form its uniqueness is checked on: emails lowercased, usernames casefolded.
+    strasse = await accounts.register(email="Straße@example.com", username="dora")
+    assert await search("STRAßE") == {strasse["id"]}
 
 
 async def test_list_users_filters(client: TestClient[Any, Any], accounts: Accounts) -> None:
