@@ -29,6 +29,7 @@ AUTH_TOPIC = "auth"
 Role = Literal["user", "admin"]
 AUTH_ROLE_ATTR = "__tidings_role__"
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+Derived = TypeVar("Derived")
 
 
 def auth_required(handler: Handler) -> Handler:
@@ -72,6 +73,10 @@ class Principal:
     email: str
     token_expires_at: float
     token_version: int
+
+
+def _public_json(user: User) -> bytes:
+    return json.dumps(user.public()).encode()
 
 
 def parse_object_id(value: str) -> PydanticObjectId | None:
@@ -141,22 +146,17 @@ class Authenticator:
         )
 
     async def user_state(self, user_id: str) -> UserState | None:
-        cached = self._users.get(user_id) if self._broker.connected else None
-        if cached is not None:
-            return cached
-        generation = self._generation
-        oid = parse_object_id(user_id)
-        user = await User.get(oid) if oid is not None else None
-        if user is None:
-            return None
-        state = UserState.of(user)
-        if self._broker.connected and generation == self._generation:
-            self._remember(self._users, user_id, state)
-        return state
+        return await self._derived_from_user(self._users, user_id, UserState.of)
 
     async def profile_json(self, user_id: str) -> bytes | None:
-        """The user's public JSON, from the cache while nothing about the user changed; None if it is gone."""
-        cached = self._profiles.get(user_id) if self._broker.connected else None
+        """The user's public JSON (GET /users/me); None if the user is gone."""
+        return await self._derived_from_user(self._profiles, user_id, _public_json)
+
+    async def _derived_from_user(
+        self, cache: dict[str, Derived], user_id: str, derive: Callable[[User], Derived]
+    ) -> Derived | None:
+        """What `derive` makes of the user record, from `cache` while nothing about the user changed."""
+        cached = cache.get(user_id) if self._broker.connected else None
         if cached is not None:
             return cached
         generation = self._generation
@@ -164,10 +164,10 @@ class Authenticator:
         user = await User.get(oid) if oid is not None else None
         if user is None:
             return None
-        profile = json.dumps(user.public()).encode()
+        value = derive(user)
         if self._broker.connected and generation == self._generation:
-            self._remember(self._profiles, user_id, profile)
-        return profile
+            self._remember(cache, user_id, value)
+        return value
 
     async def session_live(self, session_id: str, user_id: str) -> bool:
         now = time.time()
