@@ -21,7 +21,7 @@ class Actor:
 
     @classmethod
     def of(cls, principal: Principal) -> Actor:
-        """The authenticated admin making a request; its email was read with its session, so no query here."""
+        """The authenticated admin making a request; its email came with its authentication, so no query here."""
         return cls(PydanticObjectId(principal.user_id), principal.email)
 
 
