@@ -136,13 +136,18 @@ async def open_page(browser: Browser, contexts: list[BrowserContext]) -> Watched
     return Watched(await context.new_page())
 
 
-async def admin_login(watched: Watched, server: LiveServer, person: Person) -> None:
-    page = watched.page
-    await page.goto(f"{server.url}/admin/")
+async def submit_panel_login(page: Page, server: LiveServer, path: str, person: Person) -> None:
+    """Open a panel page while logged out, which leads to the login form, and log in there as `person`."""
+    await page.goto(f"{server.url}{path}")
     await expect(page).to_have_url(re.compile(r"/admin/login\?next="))
     await page.get_by_label("Email").fill(person.email)
     await page.get_by_label("Password").fill(person.password)
     await page.get_by_role("button", name="Log in").click()
+
+
+async def admin_login(watched: Watched, server: LiveServer, person: Person) -> None:
+    page = watched.page
+    await submit_panel_login(page, server, "/admin/", person)
     await expect(page).to_have_url(f"{server.url}/admin/")
     await expect(page.get_by_role("heading", name="Dashboard", exact=True)).to_be_visible()
 
@@ -244,11 +249,7 @@ async def test_non_admin_is_refused(
     user = await new_user(server, f"eve_{uuid.uuid4().hex[:6]}")
     watched = await open_page(browser, contexts)
     page = watched.page
-    await page.goto(f"{server.url}/admin/users")
-    await expect(page).to_have_url(re.compile(r"/admin/login\?next="))
-    await page.get_by_label("Email").fill(user.email)
-    await page.get_by_label("Password").fill(user.password)
-    await page.get_by_role("button", name="Log in").click()
+    await submit_panel_login(page, server, "/admin/users", user)
     await expect(page.get_by_role("alert")).to_have_text("The admin panel is for administrators only.")
     await expect(page.get_by_role("heading", name="Admin log in")).to_be_visible()
     assert [cookie["name"] for cookie in await page.context.cookies()] == ["tidings_login_csrf"]
