@@ -31,7 +31,7 @@ RUN mkdir server handlers documents \
 
 COPY . .
 RUN pip install --no-deps --editable . \
-    && python -c "import server.app, handlers, documents"
+    && python -c "import tidings.server.app"
 
 # --- final image ------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -17,7 +17,13 @@ import logging
 import os
 from typing import Any
 
-wsgi_app = "server.app:app_factory"
+from aiohttp import web
+from aiohttp.worker import GunicornWebWorker
+
+from tidings.server.keys import settings_key
+from tidings.server.logs import AccessLogger
+
+wsgi_app = "tidings.server.app:app_factory"
 worker_class = "aiohttp.GunicornUVLoopWebWorker"
 proc_name = "tidings"
 
@@ -62,7 +68,7 @@ accesslog = None
 logconfig_dict: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "server.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "tidings.server.logs.JsonFormatter"}},
     "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
     "root": {"level": loglevel.upper(), "handlers": ["json"]},
     "loggers": {
@@ -94,14 +100,8 @@ def post_worker_init(worker: Any) -> None:
     aiohttp's worker accepts a factory that returns a `web.AppRunner` and then uses that runner as it is, so the
     runner here carries what the worker would otherwise take from gunicorn's settings (keep-alive, shutdown timeout).
     """
-    from aiohttp import web
-    from aiohttp.worker import GunicornWebWorker
-
     if not isinstance(worker, GunicornWebWorker):
         return
-
-    from server.keys import settings_key
-    from server.logs import AccessLogger
 
     factory = worker.wsgi
     cfg = worker.cfg

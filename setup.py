@@ -4,6 +4,19 @@ from pathlib import Path
 
 from setuptools import setup
 
+# Import packages, each a folder of the repository; templates/ and static/ ship as data-only packages.
+PACKAGES = [
+    "server",
+    "server.services",
+    "server.realtime",
+    "server.adapters",
+    "handlers",
+    "handlers.admin",
+    "documents",
+    "templates",
+    "static",
+]
+
 setup(
     name="tidings",
     version="0.1.0",
@@ -12,8 +25,18 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11,<3.14",
-    packages=["server", "handlers", "documents"],
-    include_package_data=True,
+    # The folders stay at the top of the repository and install under one import name, `tidings`, so nothing but
+    # tidings/ lands at the top of site-packages. `tidings` itself is a namespace package (it has no folder).
+    packages=[f"tidings.{name}" for name in PACKAGES],
+    package_dir={f"tidings.{name}": name.replace(".", "/") for name in PACKAGES},
+    package_data={
+        "tidings.server": ["py.typed"],
+        "tidings.handlers": ["py.typed"],
+        "tidings.documents": ["py.typed"],
+        "tidings.templates": ["*.html", "**/*.html", "**/*.txt"],
+        "tidings.static": ["*"],
+    },
+    include_package_data=False,
     install_requires=[
         "aiohttp>=3.14,<3.15",
         "aiohttp-jinja2>=1.6,<2",
@@ -38,7 +61,8 @@ setup(
             "ruff>=0.8",
             "mypy>=1.13",
             "tox>=4",
+            "import-linter>=2.1,<3",
         ],
     },
-    entry_points={"console_scripts": ["tidings=server.cli:main"]},
+    entry_points={"console_scripts": ["tidings=tidings.server.cli:main"]},
 )

@@ -2,10 +2,10 @@
 
 from beanie import Document
 
-from documents.audit import AuditEntry
-from documents.notification import BroadcastReceipt, Dispatch, Inbox, Notification
-from documents.session import Session
-from documents.user import User
+from tidings.documents.audit import AuditEntry
+from tidings.documents.notification import BroadcastReceipt, Dispatch, Inbox, Notification
+from tidings.documents.session import Session
+from tidings.documents.user import User
 
 ALL_DOCUMENTS: list[type[Document]] = [User, Session, Notification, BroadcastReceipt, Inbox, Dispatch, AuditEntry]
 

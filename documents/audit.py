@@ -6,7 +6,7 @@ from typing import Any
 from beanie import Document, PydanticObjectId
 from pydantic import Field
 
-from documents.user import utcnow
+from tidings.documents.clock import utcnow
 
 
 class AuditEntry(Document):

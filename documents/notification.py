@@ -7,7 +7,7 @@ from beanie import Document, Indexed, PydanticObjectId
 from pydantic import Field
 from pymongo import ASCENDING, IndexModel
 
-from documents.user import utcnow
+from tidings.documents.clock import utcnow
 
 
 class Notification(Document):

@@ -6,7 +6,7 @@ from typing import Annotated
 from beanie import Document, Indexed, PydanticObjectId
 from pydantic import Field
 
-from documents.user import utcnow
+from tidings.documents.clock import utcnow
 
 
 class Session(Document):

@@ -1,16 +1,12 @@
 """A user account."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from beanie import Document, Indexed
 from pydantic import Field
 
-
-def utcnow() -> datetime:
-    """Now, to the millisecond: what MongoDB stores, so a response shows what a later read returns."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+from tidings.documents.clock import utcnow
 
 
 def email_key(email: str) -> str:

@@ -3,20 +3,12 @@
 from aiohttp import web
 from aiohttp_apigami import docs, request_schema, response_schema
 
-from server.authenticator import auth_required, parse_object_id
-from server.keys import accounts_key, principal_key, sessions_key, settings_key, validated_key
-from server.openapi import BEARER, error_responses
-from server.schemas import LoginSchema, RefreshSchema, RegisterSchema, TokenPairSchema, UserSchema
-
-
-def client_address(request: web.Request) -> str:
-    """The caller's address; behind a trusted proxy, the last hop it appended to X-Forwarded-For."""
-    if request.config_dict[settings_key].trust_forwarded_for:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        if hops:
-            return hops[-1]
-    return request.remote or "unknown"
+from tidings.documents.ids import parse_object_id
+from tidings.handlers.credentials import client_address
+from tidings.handlers.openapi import BEARER, error_responses
+from tidings.handlers.schemas import LoginSchema, RefreshSchema, RegisterSchema, TokenPairSchema, UserSchema
+from tidings.server.keys import accounts_key, principal_key, sessions_key, validated_key
+from tidings.server.services.authenticator import auth_required
 
 
 @docs(tags=["auth"], summary="Create an account", responses=error_responses(400, 409, 413, 422))

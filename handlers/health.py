@@ -6,10 +6,8 @@ from collections.abc import Awaitable
 from aiohttp import web
 from aiohttp_apigami import docs, response_schema
 
-from server.keys import mongo_key, redis_key
-from server.schemas import HealthSchema
-
-PROBE_TIMEOUT = 2.0
+from tidings.handlers.schemas import HealthSchema
+from tidings.server.keys import mongo_key, redis_key, settings_key
 
 
 @docs(tags=["health"], summary="The process is up")
@@ -27,7 +25,7 @@ async def ready(request: web.Request) -> web.Response:
         probes["redis"] = request.app[redis_key].ping()
     for name, probe in probes.items():
         try:
-            await asyncio.wait_for(probe, PROBE_TIMEOUT)
+            await asyncio.wait_for(probe, request.app[settings_key].health_probe_timeout)
             checks[name] = "ok"
         except Exception as exc:  # any failure of a dependency is a "not ready", never a 500
             checks[name] = f"failed: {type(exc).__name__}"

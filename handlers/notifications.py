@@ -4,11 +4,8 @@ from aiohttp import web
 from aiohttp_apigami import docs, request_schema, response_schema
 from beanie import PydanticObjectId
 
-from server.audit import Actor
-from server.authenticator import admin_required, auth_required
-from server.keys import notifications_key, principal_key, validated_key
-from server.openapi import BEARER, error_responses
-from server.schemas import (
+from tidings.handlers.openapi import BEARER, error_responses
+from tidings.handlers.schemas import (
     NotificationIdSchema,
     NotificationListQuerySchema,
     NotificationPageSchema,
@@ -16,6 +13,9 @@ from server.schemas import (
     SentSchema,
     UnreadCountSchema,
 )
+from tidings.server.keys import notifications_key, principal_key, validated_key
+from tidings.server.services.audit import Actor
+from tidings.server.services.authenticator import admin_required, auth_required
 
 
 def caller_id(request: web.Request) -> PydanticObjectId:
@@ -38,7 +38,9 @@ async def send(request: web.Request) -> web.Response:
         title=data["title"],
         body=data["body"],
         data=data["data"],
-        user_ids=data.get("user_ids"),
+        user_ids=data["user_ids"],
+        emails=data["emails"],
+        usernames=data["usernames"],
         broadcast=data["broadcast"],
         sender=Actor.of(request[principal_key]),
     )

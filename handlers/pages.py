@@ -1,15 +1,9 @@
 """The live notifications page at `/`: static HTML and JS, no inline script."""
 
-from pathlib import Path
-
 from aiohttp import web
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-# Scripts, styles and sockets from this origin only; 'self' covers ws:/wss: to the same host.
-PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
-    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-)
+from tidings.handlers.assets import STATIC_DIR
+from tidings.handlers.csp import PAGE_CSP
 
 
 async def index(request: web.Request) -> web.FileResponse:

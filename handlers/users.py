@@ -3,12 +3,8 @@
 from aiohttp import web
 from aiohttp_apigami import docs, match_info_schema, querystring_schema, request_schema, response_schema
 
-from server.audit import Actor
-from server.authenticator import admin_required, auth_required
-from server.errors import Forbidden, InvalidToken
-from server.keys import accounts_key, authenticator_key, path_key, principal_key, validated_key
-from server.openapi import BEARER, error_responses
-from server.schemas import (
+from tidings.handlers.openapi import BEARER, error_responses
+from tidings.handlers.schemas import (
     AdminUpdateUserSchema,
     UpdateMeSchema,
     UserIdSchema,
@@ -16,6 +12,10 @@ from server.schemas import (
     UserPageSchema,
     UserSchema,
 )
+from tidings.server.adapters.errors import Forbidden, InvalidToken
+from tidings.server.keys import accounts_key, authenticator_key, path_key, principal_key, validated_key
+from tidings.server.services.audit import Actor
+from tidings.server.services.authenticator import admin_required, auth_required
 
 
 @docs(tags=["users"], summary="The caller's account", security=BEARER, responses=error_responses(401))

@@ -1,22 +1,26 @@
-"""GET /api/v1/ws: live notifications over a WebSocket (protocol in docs/websocket.md)."""
+"""GET /api/v1/ws: live notifications over a WebSocket (protocol in docs/websocket.md).
+
+This module speaks the protocol: it parses client messages and answers them. The hub owns the socket's lifecycle.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMessage, WSMsgType, web
 from aiohttp_apigami import docs
-from bson import ObjectId
 
-from server.authenticator import Principal, parse_object_id
-from server.errors import ApiError, Forbidden, InvalidToken
-from server.hub import CloseCode, Connection, Hub
-from server.keys import authenticator_key, hub_key, notifications_key, settings_key
-from server.openapi import BEARER, error_responses
+from tidings.documents.ids import parse_object_id
+from tidings.handlers.credentials import bearer_token
+from tidings.handlers.openapi import BEARER, error_responses
+from tidings.server.adapters.errors import ApiError, Forbidden, InvalidToken
+from tidings.server.keys import authenticator_key, hub_key, notifications_key, settings_key
+from tidings.server.realtime.frames import CloseCode
+from tidings.server.realtime.hub import Connection, Hub
+from tidings.server.services.authenticator import Principal
 
 MAX_CLIENT_ERRORS = 10
 
@@ -34,7 +38,7 @@ MAX_CLIENT_ERRORS = 10
 )
 async def websocket(request: web.Request) -> web.StreamResponse:
     # An idle socket keeps this frame for as long as it is open, so what it holds is kept small: the token
-    # and the principal are gone once the Connection is made.
+    # and the principal are gone once the socket is open.
     principal = await _upgrade_principal(request)
     settings = request.app[settings_key]
     ws = web.WebSocketResponse(
@@ -42,10 +46,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     hub = request.app[hub_key]
-    hub.sockets.add(ws)
+    hub.track(ws)
     conn: Connection | None = None
     try:
-        conn = await _open(request, ws, hub, principal)
+        if principal is None:
+            principal = await _authenticate_in_band(request, ws)
+        if principal is None:
+            return ws
+        assert request.transport is not None
+        conn = await hub.open(ws, request.transport, principal)
         del principal
         if conn is None:
             return ws
@@ -64,9 +73,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             if ws.closed:
                 break
     finally:
-        if conn is not None:
-            hub.remove(conn)
-        hub.sockets.discard(ws)
+        hub.release(ws, conn)
     return ws
 
 
@@ -76,51 +83,20 @@ async def _upgrade_principal(request: web.Request) -> Principal | None:
     # Browsers always send Origin; refusing foreign ones stops cross-site WebSocket hijacking.
     if origin is not None and origin not in request.app[settings_key].allowed_origins:
         raise Forbidden("This Origin may not open a WebSocket.")
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request)
+    if token is None:
         return None
-    return await request.app[authenticator_key].authenticate(token.strip(), remember=False)
-
-
-async def _open(
-    request: web.Request, ws: web.WebSocketResponse, hub: Hub, principal: Principal | None
-) -> Connection | None:
-    """Authenticate (in band when the upgrade carried no token), register, say "ready" and go live; None when
-    the socket was closed instead."""
-    if principal is None:
-        principal = await _authenticate_in_band(request, ws)
-        if principal is None:
-            return None
-    assert request.transport is not None
-    conn = Connection(
-        ws,
-        request.transport,
-        principal.user_id,
-        principal.session_id,
-        principal.token_version,
-        principal.token_expires_at,
-        start_id=str(ObjectId.from_datetime(datetime.now(UTC))),
-    )
-    conn.pending = []
-    if not hub.add(conn):
-        await ws.close(code=CloseCode.TOO_MANY_CONNECTIONS, message=b"too many connections for this user")
-        return None
-    user_oid = parse_object_id(principal.user_id)
-    assert user_oid is not None
-    unread = await request.app[notifications_key].unread_count(user_oid)
-    await ws.send_json({"type": "ready", "user_id": principal.user_id, "unread": unread})
-    hub.go_live(conn)
-    return conn
+    return await request.app[authenticator_key].authenticate(token, remember=False)
 
 
 async def _authenticate_in_band(request: web.Request, ws: web.WebSocketResponse) -> Principal | None:
     """Browsers cannot set headers on a WebSocket: the first message must be {"type": "auth", "token": ...}."""
-    settings = request.app[settings_key]
+    timeout = request.app[settings_key].ws_auth_timeout
     try:
-        async with asyncio.timeout(settings.ws_auth_timeout):
+        async with asyncio.timeout(timeout):
             msg = await ws.receive()
     except TimeoutError:
-        await ws.close(code=CloseCode.AUTH_TIMEOUT, message=b"authenticate within 10 seconds")
+        await ws.close(code=CloseCode.AUTH_TIMEOUT, message=f"authenticate within {timeout:g} seconds".encode())
         return None
     message = _parse(msg.data) if msg.type == WSMsgType.TEXT else None
     token = message.get("token") if message and message.get("type") == "auth" else None
@@ -171,7 +147,7 @@ async def _handle(
 async def _mark_read(
     request: web.Request, ws: web.WebSocketResponse, conn: Connection, notification_id: Any
 ) -> tuple[str, str] | None:
-    if not isinstance(notification_id, str) or parse_object_id(notification_id) is None:
+    if parse_object_id(notification_id) is None:
         return "invalid_message", "read needs 'id': a notification id."
     user_oid = parse_object_id(conn.user_id)
     assert user_oid is not None
@@ -194,12 +170,5 @@ async def _refresh_auth(
     except InvalidToken:
         hub.close(conn, CloseCode.BAD_CREDENTIALS, "invalid token")
         return
-    if principal.user_id != conn.user_id:
-        hub.close(conn, CloseCode.FORBIDDEN, "token is for another user")
-        return
-    conn.session_id, conn.token_version, conn.expires_at = (
-        principal.session_id,
-        principal.token_version,
-        principal.token_expires_at,
-    )
-    await ws.send_json({"type": "auth_ok", "expires_in": max(0, int(principal.token_expires_at - time.time()))})
+    if hub.reauthenticate(conn, principal):
+        await ws.send_json({"type": "auth_ok", "expires_in": max(0, int(principal.token_expires_at - time.time()))})

@@ -1,1 +1,1 @@
-"""tidings server: app factory, settings, middlewares, security, pub/sub and websocket hub, CLI."""
+"""Assembly: the app factory, the CLI, settings, logs and typed keys; services, real time and adapters below."""

@@ -12,13 +12,17 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
-from server.accounts import AccountService
-from server.audit import AuditLog
-from server.authenticator import Authenticator
-from server.dashboard import ConnectionGauge
-from server.db import init_database
-from server.hub import Hub
-from server.keys import (
+from tidings.handlers.admin.app import create_admin_app
+from tidings.handlers.middlewares import auth_middleware, request_id_middleware, security_headers, validation_middleware
+from tidings.handlers.openapi import setup_openapi
+from tidings.handlers.routes import setup_routes
+from tidings.server.adapters.broker import MemoryBroker, RedisBroker
+from tidings.server.adapters.db import init_database
+from tidings.server.adapters.locks import Locks
+from tidings.server.adapters.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from tidings.server.adapters.security import Passwords, Tokens
+from tidings.server.adapters.tasks import cancel_and_wait
+from tidings.server.keys import (
     accounts_key,
     audit_key,
     authenticator_key,
@@ -35,22 +39,17 @@ from server.keys import (
     settings_key,
     tokens_key,
 )
-from server.locks import Locks
-from server.middlewares import auth_middleware, request_id_middleware, security_headers, validation_middleware
-from server.notifications import NotificationService
-from server.openapi import setup_openapi
-from server.panel import create_admin_app
-from server.pubsub import MemoryBroker, RedisBroker
-from server.ratelimit import MemoryRateLimiter, RedisRateLimiter
-from server.routes import setup_routes
-from server.security import Passwords, Tokens
-from server.sessions import SessionService
-from server.settings import Settings
-from server.tasks import cancel_and_wait
+from tidings.server.logs import configure_logging
+from tidings.server.realtime.gauge import ConnectionGauge
+from tidings.server.realtime.hub import Hub
+from tidings.server.services.accounts import AccountService
+from tidings.server.services.audit import AuditLog
+from tidings.server.services.authenticator import Authenticator
+from tidings.server.services.notifications import NotificationService
+from tidings.server.services.sessions import SessionService
+from tidings.server.settings import Settings
 
 log = logging.getLogger(__name__)
-
-SESSION_SWEEP_SECONDS = 3600
 
 
 async def _retry_until_ready(what: str, probe: Callable[[], Awaitable[object]], limit: float) -> None:
@@ -111,7 +110,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[passwords_key] = passwords
     authenticator = Authenticator(app[tokens_key], app[broker_key])
     app[authenticator_key] = authenticator
-    locks = Locks(app.get(redis_key), settings.redis_prefix)
+    locks = Locks(app.get(redis_key), settings.redis_prefix, settings.lock_timeout)
     sessions = SessionService(settings, passwords, app[tokens_key], app[limiter_key], authenticator, locks)
     app[sessions_key] = sessions
     audit = AuditLog()
@@ -121,7 +120,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit, locks)
     hub = Hub(settings, app[broker_key], notifications, authenticator)
     app[hub_key] = hub
-    app[gauge_key] = ConnectionGauge(hub, app.get(redis_key), settings.redis_prefix)
+    app[gauge_key] = ConnectionGauge(
+        hub, app.get(redis_key), settings.redis_prefix, settings.connection_report_interval
+    )
     yield
     executor.shutdown(wait=True, cancel_futures=True)
 
@@ -145,7 +146,7 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
                     log.info("deleted expired sessions", extra={"count": deleted})
             except Exception:
                 log.exception("session sweep failed")
-            await asyncio.sleep(SESSION_SWEEP_SECONDS)
+            await asyncio.sleep(app[settings_key].session_sweep_interval)
 
     tasks = [
         asyncio.create_task(sweep_sessions(), name="session-sweeper"),
@@ -181,8 +182,6 @@ def create_app(settings: Settings) -> web.Application:
 
 async def app_factory() -> web.Application:
     """Entry point for gunicorn's aiohttp worker: settings from the environment."""
-    from server.logs import configure_logging
-
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     return create_app(settings)

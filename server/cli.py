@@ -13,14 +13,12 @@ import uvloop
 from aiohttp import web
 from marshmallow import ValidationError
 
-from documents import User
-from documents.user import email_key
-from server.app import create_app
-from server.errors import ApiError
-from server.keys import accounts_key
-from server.logs import AccessLogger, configure_logging
-from server.schemas import RegisterSchema
-from server.settings import Settings, SettingsError
+from tidings.handlers.schemas import RegisterSchema
+from tidings.server.adapters.errors import ApiError
+from tidings.server.app import create_app
+from tidings.server.keys import accounts_key
+from tidings.server.logs import AccessLogger, configure_logging
+from tidings.server.settings import Settings, SettingsError
 
 log = logging.getLogger("tidings")
 
@@ -33,7 +31,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
         access_log=logging.getLogger("tidings.access") if settings.access_log else None,
         access_log_class=AccessLogger,
         print=lambda message: log.info(message.strip()),
-        shutdown_timeout=10,
+        shutdown_timeout=settings.shutdown_timeout,
         loop=uvloop.new_event_loop(),
     )
 
@@ -57,7 +55,7 @@ async def create_admin(settings: Settings, email: str, username: str, password: 
     await runner.setup()
     try:
         accounts = runner.app[accounts_key]
-        user = await User.find_one(User.email_key == email_key(email))
+        user = await accounts.find_by_email(email)
         if user is not None:
             await accounts.update_by_admin(None, user, {"is_admin": True, "is_active": True})
             return f"promoted {user.email} to admin"

@@ -7,17 +7,17 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
-from server.accounts import AccountService
-from server.audit import AuditLog
-from server.authenticator import Authenticator, Principal
-from server.dashboard import ConnectionGauge
-from server.hub import Hub
-from server.notifications import NotificationService
-from server.pubsub import Broker
-from server.ratelimit import RateLimiter
-from server.security import Passwords, Tokens
-from server.sessions import SessionService
-from server.settings import Settings
+from tidings.server.adapters.broker import Broker
+from tidings.server.adapters.ratelimit import RateLimiter
+from tidings.server.adapters.security import Passwords, Tokens
+from tidings.server.realtime.gauge import ConnectionGauge
+from tidings.server.realtime.hub import Hub
+from tidings.server.services.accounts import AccountService
+from tidings.server.services.audit import AuditLog
+from tidings.server.services.authenticator import Authenticator, Principal
+from tidings.server.services.notifications import NotificationService
+from tidings.server.services.sessions import SessionService
+from tidings.server.settings import Settings
 
 settings_key = web.AppKey("settings", Settings)
 mongo_key: web.AppKey[AsyncMongoClient[Any]] = web.AppKey("mongo", AsyncMongoClient)

@@ -53,8 +53,8 @@ class AccessLogger(AbstractAccessLogger):
         if not logger.isEnabledFor(logging.INFO):
             return
         method, path, status = request.method, request.path, response.status
-        # What logger.info(...) would log, minus its walk up the stack for the caller's file and line (a quarter of
-        # the cost of a line, and not part of the JSON): this runs once per request.
+        # What logger.info(...) would log, minus its costly walk up the stack for the caller's file and line, which
+        # the JSON does not show: this runs once per request.
         record = logger.makeRecord(
             logger.name,
             logging.INFO,

@@ -34,6 +34,20 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive duration in seconds, fractions allowed."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise SettingsError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -91,9 +105,24 @@ class Settings:
     ws_max_per_user: int = 10
     ws_max_frame_bytes: int = 16 * 1024
     ws_send_buffer_bytes: int = 1024 * 1024
+    # Timings, in seconds. A socket must authenticate within ws_auth_timeout; pings every ws_heartbeat; a forced
+    # close gives up on a peer that does not read after ws_close_timeout; token expiry is checked every
+    # ws_token_check_interval.
     ws_auth_timeout: float = 10.0
     ws_heartbeat: float = 25.0
+    ws_close_timeout: float = 5.0
+    ws_token_check_interval: float = 1.0
+    # Each process reports its socket count for the dashboard this often.
+    connection_report_interval: float = 5.0
+    # Expired sessions are deleted this often (FerretDB has no TTL indexes).
+    session_sweep_interval: float = 3600.0
+    # A per-document write lock is held at most this long, and waited for at most this long.
+    lock_timeout: float = 10.0
+    # /health/ready waits this long for each dependency.
+    health_probe_timeout: float = 2.0
+    # How long start-up waits for MongoDB and Redis, and shutdown for open requests.
     startup_timeout: float = 30.0
+    shutdown_timeout: float = 10.0
     trust_forwarded_for: bool = False
     log_level: str = "INFO"
     access_log: bool = True
@@ -131,6 +160,16 @@ class Settings:
             ws_max_per_user=_int(env, "WS_MAX_PER_USER", cls.ws_max_per_user),
             ws_max_frame_bytes=_int(env, "WS_MAX_FRAME_BYTES", cls.ws_max_frame_bytes),
             ws_send_buffer_bytes=_int(env, "WS_SEND_BUFFER_BYTES", cls.ws_send_buffer_bytes),
+            ws_auth_timeout=_seconds(env, "WS_AUTH_TIMEOUT", cls.ws_auth_timeout),
+            ws_heartbeat=_seconds(env, "WS_HEARTBEAT", cls.ws_heartbeat),
+            ws_close_timeout=_seconds(env, "WS_CLOSE_TIMEOUT", cls.ws_close_timeout),
+            ws_token_check_interval=_seconds(env, "WS_TOKEN_CHECK_INTERVAL", cls.ws_token_check_interval),
+            connection_report_interval=_seconds(env, "CONNECTION_REPORT_INTERVAL", cls.connection_report_interval),
+            session_sweep_interval=_seconds(env, "SESSION_SWEEP_INTERVAL", cls.session_sweep_interval),
+            lock_timeout=_seconds(env, "LOCK_TIMEOUT", cls.lock_timeout),
+            health_probe_timeout=_seconds(env, "HEALTH_PROBE_TIMEOUT", cls.health_probe_timeout),
+            startup_timeout=_seconds(env, "STARTUP_TIMEOUT", cls.startup_timeout),
+            shutdown_timeout=_seconds(env, "SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
             trust_forwarded_for=_bool(env, "TRUST_FORWARDED_FOR", cls.trust_forwarded_for),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
             access_log=_bool(env, "ACCESS_LOG", cls.access_log),

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
-from pymongo import AsyncMongoClient
 
-from server.app import create_app
-from server.settings import Settings
+# The services' URLs are the launcher's; tests import them from here too.
+from tests.launcher import MONGODB_URL as MONGODB_URL
+from tests.launcher import REDIS_URL as REDIS_URL
+from tests.launcher import Isolation
+from tidings.server.app import create_app
+from tidings.server.settings import Settings
 
-MONGODB_URL = os.environ.get("MONGODB_URL", "mongodb://127.0.0.1:27017")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PASSWORD = "correct horse battery"
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -42,19 +41,7 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 async def drop_test_data(settings: Settings) -> None:
-    mongo: AsyncMongoClient[Any] = AsyncMongoClient(settings.mongodb_url)
-    try:
-        await mongo.drop_database(settings.mongodb_db)
-    finally:
-        await mongo.close()
-    if settings.redis_url:
-        redis = aioredis.Redis.from_url(settings.redis_url)
-        try:
-            keys = [key async for key in redis.scan_iter(match=f"{settings.redis_prefix}*")]
-            if keys:
-                await redis.delete(*keys)
-        finally:
-            await redis.aclose()
+    await Isolation.of(settings).adrop()
 
 
 @pytest.fixture
@@ -114,8 +101,8 @@ class Accounts:
     async def user(self, *, admin: bool = False, **fields: Any) -> Account:
         user = await self.register(**fields)
         if admin:
-            from documents import User
-            from server.authenticator import parse_object_id
+            from tidings.documents import User
+            from tidings.documents.ids import parse_object_id
 
             # The first admin comes from the CLI in real life; here, straight from the database.
             found = await User.get(parse_object_id(user["id"]))

@@ -12,7 +12,7 @@ from typing import Any
 import jwt
 from aiohttp import ClientResponse
 
-from server.security import AUDIENCES, ISSUER
+from tidings.server.adapters.security import AUDIENCES, ISSUER
 
 API = "/api/v1"
 

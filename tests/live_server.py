@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from server.settings import Settings
+from tidings.server.settings import Settings
 from tests.conftest import drop_test_data, make_settings
 
 TIDINGS = Path(sys.executable).with_name("tidings")  # the console script next to this interpreter (.venv/bin)

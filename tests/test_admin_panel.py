@@ -12,8 +12,8 @@ from aiohttp import ClientResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from server.panel import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from tests.conftest import PASSWORD, Account, Accounts, AppFactory
+from tidings.handlers.admin.cookies import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 
 Client = TestClient[Any, Any]
 API = "/api/v1"
@@ -95,8 +95,8 @@ async def submit_login(
 
 async def promote(user_id: str) -> None:
     """Make a user an admin straight in the database (in real life: the CLI)."""
-    from documents import User
-    from server.authenticator import parse_object_id
+    from tidings.documents import User
+    from tidings.documents.ids import parse_object_id
 
     found = await User.get(parse_object_id(user_id))
     assert found is not None

@@ -12,10 +12,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from beanie import PydanticObjectId
 
-from documents import Session, User
-from server.settings import Settings
 from tests.conftest import PASSWORD, Account, Accounts, AppFactory
 from tests.helpers import API, claims_of, error_of, expired, json_of
+from tidings.documents import Session, User
+from tidings.server.settings import Settings
 
 REGISTER = f"{API}/auth/register"
 LOGIN = f"{API}/auth/login"

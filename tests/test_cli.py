@@ -2,68 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from server.settings import Settings
 from tests.conftest import PASSWORD, Accounts
 from tests.helpers import API, error_of, json_of
+from tests.launcher import CliResult, run_cli, settings_env
+from tidings.server.settings import Settings
 
-TIDINGS = Path(sys.executable).with_name("tidings")  # the console script next to this interpreter (.venv/bin)
 TIMEOUT = 30
 ADMIN_PASSWORD = "  admin pass phrase  "  # spaces at both ends are part of the password
 
 
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
+async def tidings(settings: Settings, *args: str, stdin: bytes = b"", **env: str) -> CliResult:
+    return await run_cli(settings_env(settings, **env), *args, stdin=stdin, time_limit=TIMEOUT)
 
 
-async def tidings(settings: Settings, *args: str, stdin: bytes = b"", **env: str) -> Result:
-    environment = {
-        "PATH": os.environ.get("PATH", ""),
-        "TIDINGS_ENV": "test",
-        "MONGODB_URL": settings.mongodb_url,
-        "MONGODB_DB": settings.mongodb_db,
-        "REDIS_URL": settings.redis_url or "",
-        "REDIS_PREFIX": settings.redis_prefix,
-        "JWT_SECRET": settings.jwt_secret,
-        "PASSWORD_TIME_COST": "1",
-        "PASSWORD_MEMORY_KIB": "1024",
-        "PYTHONFAULTHANDLER": "1",
-        **env,
-    }
-    process = await asyncio.create_subprocess_exec(
-        str(TIDINGS),
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=environment,
-    )
-    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-    process.stdin.write(stdin)
-    process.stdin.close()
-    stdout, stderr = asyncio.create_task(process.stdout.read()), asyncio.create_task(process.stderr.read())
-    try:
-        code = await asyncio.wait_for(process.wait(), timeout=TIMEOUT)
-    except TimeoutError:
-        process.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to stderr
-        await process.wait()
-        raise AssertionError(f"tidings {' '.join(args)} hung:\n{(await stderr).decode()}") from None
-    return Result(code, (await stdout).decode(), (await stderr).decode())
-
-
-async def create_admin(settings: Settings, email: str, username: str, stdin: bytes) -> Result:
+async def create_admin(settings: Settings, email: str, username: str, stdin: bytes) -> CliResult:
     return await tidings(settings, "create-admin", "--email", email, "--username", username, stdin=stdin)
 
 

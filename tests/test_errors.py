@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.settings import Settings
 from tests.conftest import Account, Accounts, AppFactory
 from tests.helpers import API, error_of
+from tidings.server.settings import Settings
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
-from server.settings import Settings
 from tests.conftest import MONGODB_URL, REDIS_URL, AppFactory, drop_test_data, make_settings
 from tests.helpers import API, TcpProxy
+from tidings.server.app import create_app
+from tidings.server.settings import Settings
 
 
 def host_port(url: str, default_port: int) -> tuple[str, int]:

@@ -8,10 +8,10 @@ from typing import Any
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from server.keys import audit_key, notifications_key
 from tests.conftest import Account, Accounts
 from tests.helpers import error_of
 from tests.realtime import API, ids, send, send_to, unread
+from tidings.server.keys import audit_key, notifications_key
 
 UNKNOWN_ID = "0" * 24  # a well-formed ObjectId no document has
 
@@ -177,6 +177,45 @@ async def test_unknown_or_malformed_recipients_are_named(client: TestClient[Any,
     )
     assert error["details"] == {"user_ids": {"1": ["Not a valid id."]}}, error
     # All or nothing: the known recipient got nothing either time.
+    assert await unread(client, user) == 0
+
+
+async def test_recipients_by_email_and_username(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    """Emails and usernames name recipients as ids do, matched as uniqueness is (case-insensitively); a user
+    named twice, by id and by email, gets one notification."""
+    admin = await accounts.user(admin=True)
+    alice, bob, carol = await accounts.user(), await accounts.user(), await accounts.user()
+    sent = await send(
+        client, admin, user_ids=[alice.id], emails=[alice.email.upper(), bob.email], usernames=[carol.username.upper()]
+    )
+    assert len(sent) == 3
+    assert [await unread(client, user) for user in (alice, bob, carol)] == [1, 1, 1]
+    assert await unread(client, admin) == 0
+
+
+async def test_unknown_emails_and_usernames_are_named_by_field(
+    client: TestClient[Any, Any], accounts: Accounts
+) -> None:
+    admin, user = await accounts.user(admin=True), await accounts.user()
+    body = {
+        "title": "t",
+        "body": "b",
+        "emails": [user.email, "nobody@example.com"],
+        "usernames": [user.username, "ghost"],
+    }
+    error = await error_of(
+        await client.post(f"{API}/notifications", json=body, headers=admin.headers), 422, "validation_error"
+    )
+    assert error["details"] == {"emails": {"unknown": ["nobody@example.com"]}, "usernames": {"unknown": ["ghost"]}}
+    for bad in (
+        {"title": "t", "body": "b", "emails": []},
+        {"title": "t", "body": "b", "emails": [user.email], "broadcast": True},
+        {"title": "t", "body": "b", "usernames": "ghost"},
+        {"title": "t", "body": "b", "emails": ["x" * 255]},
+        {"title": "t", "body": "b", "user_ids": [user.id] * 600, "emails": [user.email] * 401},
+    ):
+        response = await client.post(f"{API}/notifications", json=bad, headers=admin.headers)
+        await error_of(response, 422, "validation_error")
     assert await unread(client, user) == 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.settings import MIN_SECRET_BYTES, Settings, SettingsError
+from tidings.server.settings import MIN_SECRET_BYTES, Settings, SettingsError
 
 SECRET = "s" * MIN_SECRET_BYTES
 

@@ -12,9 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from beanie import PydanticObjectId
 
-from server.settings import Settings
 from tests.conftest import Account, Accounts, AppFactory
 from tests.helpers import API, access_claims, b64url, claims_of, error_of, expired, forge, json_of, resign, sign
+from tidings.server.settings import Settings
 
 ME = f"{API}/users/me"
 REFRESH = f"{API}/auth/refresh"

@@ -20,9 +20,7 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 
-import server.hub as hub_module
-from server.keys import hub_key, settings_key
-from server.notifications import NotificationService
+import tidings.server.realtime.hub as hub_module
 from tests.conftest import REDIS_URL, Account, Accounts, AppFactory
 from tests.helpers import TcpProxy
 from tests.realtime import (
@@ -39,6 +37,8 @@ from tests.realtime import (
     send_to,
     unread,
 )
+from tidings.server.keys import hub_key, settings_key
+from tidings.server.services.notifications import NotificationService
 
 WS = f"{API}/ws"
 # A shutdown must not wait for a peer that stopped reading; CLOSE_TIMEOUT is patched to 1 s below.
@@ -325,6 +325,45 @@ async def test_resume_while_notifications_keep_coming_has_no_gap_and_no_duplicat
         assert ids(await notifications_until(ws, sentinel["id"])) == [sentinel["id"]]
 
 
+async def test_a_replayed_notification_whose_live_frame_comes_late_is_not_sent_twice(
+    client: TestClient[Any, Any], accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each notification is stored before it is published, so a replay can read one whose live frame is still on
+    its way. Here every publish waits until the replay has gone live, and every replay read is slowed down so that
+    the live sends are stored while it runs: the race happens every time."""
+    monkeypatch.setattr(hub_module, "REPLAY_BATCH", 2)
+    replay_done = asyncio.Event()
+    original_after, original_publish = NotificationService.after, NotificationService.publish
+
+    async def slow_after(self: NotificationService, *args: Any) -> list[dict[str, Any]]:
+        await asyncio.sleep(0.05)
+        found = await original_after(self, *args)
+        if len(found) < hub_module.REPLAY_BATCH:
+            replay_done.set()  # this read ends the replay
+        return found
+
+    async def late_publish(self: NotificationService, notifications: list[Any]) -> None:
+        await replay_done.wait()
+        await asyncio.sleep(0.05)  # past go_live
+        await original_publish(self, notifications)
+
+    admin, user = await accounts.user(admin=True), await accounts.user()
+    start = await send_to(client, admin, user, title="start")
+    missed = [await send_to(client, admin, user, title=f"missed {i}") for i in range(5)]
+    async with client.ws_connect(WS, headers=user.headers) as ws:
+        await ready(ws)
+        monkeypatch.setattr(NotificationService, "after", slow_after)
+        monkeypatch.setattr(NotificationService, "publish", late_publish)
+        await ws.send_json({"type": "resume", "after": start["id"]})
+        concurrent = await asyncio.gather(*(send_to(client, admin, user, title=f"live {i}") for i in range(4)))
+        expected = set(ids(missed)) | set(ids(list(concurrent)))
+        monkeypatch.undo()
+        sentinel = await send_to(client, admin, user, title="sentinel")
+        received = ids(await notifications_until(ws, sentinel["id"]))
+        assert len(received) == len(set(received)), f"duplicates: {received}"
+        assert set(received) == expected | {sentinel["id"]}
+
+
 async def test_catch_up_after_a_broker_outage_starts_where_the_outage_began(
     client: TestClient[Any, Any], accounts: Accounts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,7 +446,7 @@ async def test_slow_client_is_dropped_and_others_keep_receiving(make_client: App
                 assert (await next_of(healthy, "notification"))["notification"]["id"] == sent[-1]
             # The server lets go of the slow socket (handler, buffer, file descriptor) though its peer never reads.
             deadline = time.monotonic() + TIMEOUT
-            while len(hub.sockets) > 1:
+            while hub.socket_count() > 1:
                 assert time.monotonic() < deadline, "the server kept a socket whose peer stopped reading"
                 await asyncio.sleep(0.05)
             await pong(healthy)
@@ -551,9 +590,8 @@ async def test_password_change_closes_with_4401(client: TestClient[Any, Any], ac
         await expect_close(ws, 4401)
 
 
-async def test_shutdown_closes_every_socket_with_1001(make_client: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub_module, "CLOSE_TIMEOUT", 1.0)
-    client, accounts, settings = await make_client()
+async def test_shutdown_closes_every_socket_with_1001(make_client: AppFactory) -> None:
+    client, accounts, settings = await make_client(ws_close_timeout=1.0)
     admin, user = await accounts.user(admin=True), await accounts.user()
     authenticated = await connect(client, user)
     unauthenticated = await client.ws_connect(WS)

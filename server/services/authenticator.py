@@ -15,17 +15,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from beanie import PydanticObjectId
-from bson.errors import InvalidId
-
-from documents import Session, User
-from server.errors import InvalidToken
-from server.pubsub import Broker
-from server.security import Claims, InvalidTokenError, Tokens, TokenType
+from tidings.documents import Session, User
+from tidings.documents.ids import parse_object_id
+from tidings.server.adapters.broker import Broker
+from tidings.server.adapters.codecs import AUTH_TOPIC, AuthChange, MalformedMessage, decode_auth, encode_auth
+from tidings.server.adapters.errors import Forbidden, InvalidToken
+from tidings.server.adapters.security import Claims, InvalidTokenError, Tokens, TokenType
 
 log = logging.getLogger(__name__)
 
-AUTH_TOPIC = "auth"
 Role = Literal["user", "admin"]
 AUTH_ROLE_ATTR = "__tidings_role__"
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
@@ -42,6 +40,12 @@ def admin_required(handler: Handler) -> Handler:
     """Mark a handler as needing an admin's access token."""
     setattr(handler, AUTH_ROLE_ATTR, "admin")
     return handler
+
+
+def require_admin(is_admin: bool, message: str = "Administrators only.") -> None:
+    """The one admin check, for the API, the panel and the panel's login."""
+    if not is_admin:
+        raise Forbidden(message)
 
 
 def required_role(handler: object) -> Role | None:
@@ -77,13 +81,6 @@ class Principal:
 
 def _public_json(user: User) -> bytes:
     return json.dumps(user.public()).encode()
-
-
-def parse_object_id(value: str) -> PydanticObjectId | None:
-    try:
-        return PydanticObjectId(value)
-    except (InvalidId, TypeError, ValueError):
-        return None
 
 
 class Authenticator:
@@ -198,27 +195,36 @@ class Authenticator:
     # Invalidation: called after the database changed, here and (through the broker) in every other process.
 
     async def user_changed(self, user_id: str) -> None:
-        await self._invalidate(b"u:" + user_id.encode())
+        await self._invalidate(AuthChange("user", user_id))
 
     async def session_revoked(self, session_id: str) -> None:
-        await self._invalidate(b"s:" + session_id.encode())
+        await self._invalidate(AuthChange("session", session_id))
 
-    async def _invalidate(self, message: bytes) -> None:
-        self._on_message(message)
+    async def _invalidate(self, change: AuthChange) -> None:
+        self._forget(change)
         try:
-            await self._broker.publish(AUTH_TOPIC, message)
+            await self._broker.publish(AUTH_TOPIC, encode_auth(change))
         except Exception as exc:
             # Other processes lost Redis too and so do not trust their caches; nothing is served stale.
             log.warning("could not publish an auth invalidation: %s", exc)
 
     def _on_message(self, message: bytes) -> None:
+        try:
+            change = decode_auth(message)
+        except MalformedMessage:
+            # Not ours, so nothing to forget, but any cache may be stale: drop them all.
+            log.warning("malformed auth message; clearing the caches")
+            self.clear()
+            return
+        self._forget(change)
+
+    def _forget(self, change: AuthChange) -> None:
         self._generation += 1
-        kind, _, key = message.decode().partition(":")
-        if kind == "u":
-            self._users.pop(key, None)
-            self._profiles.pop(key, None)
-        elif kind == "s":
-            self._sessions.pop(key, None)
+        if change.kind == "user":
+            self._users.pop(change.key, None)
+            self._profiles.pop(change.key, None)
+        else:
+            self._sessions.pop(change.key, None)
 
     def clear(self) -> None:
         self._generation += 1

@@ -7,9 +7,9 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
-from documents import AuditEntry
-from server.authenticator import Principal
-from server.pagination import newest_first
+from tidings.documents import AuditEntry
+from tidings.server.adapters.pagination import newest_first
+from tidings.server.services.authenticator import Principal
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,18 @@ from typing import Any
 
 from pymongo.errors import OperationFailure
 
-from documents import Session, User
-from documents.user import email_key, username_key, utcnow
-from server.audit import Actor, AuditLog
-from server.authenticator import Authenticator, parse_object_id
-from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from server.locks import Locks
-from server.notifications import NotificationService, new_id
-from server.pagination import newest_first
-from server.security import Passwords
-from server.sessions import SessionService
+from tidings.documents import Session, User
+from tidings.documents.clock import utcnow
+from tidings.documents.ids import new_id, parse_object_id
+from tidings.documents.user import email_key, username_key
+from tidings.server.adapters.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from tidings.server.adapters.locks import Locks
+from tidings.server.adapters.pagination import newest_first
+from tidings.server.adapters.security import Passwords
+from tidings.server.services.audit import Actor, AuditLog
+from tidings.server.services.authenticator import Authenticator
+from tidings.server.services.notifications import NotificationService
+from tidings.server.services.sessions import SessionService
 
 # Fields a user may change about themselves; is_admin and is_active are never among them.
 SELF_FIELDS = frozenset({"email", "username", "full_name", "bio", "password"})
@@ -65,6 +67,9 @@ class AccountService:
         if user is None:
             raise NotFound("No such user.")
         return user
+
+    async def find_by_email(self, email: str) -> User | None:
+        return await User.find_one(User.email_key == email_key(email))
 
     async def update_self(self, user: User, changes: dict[str, Any], current_password: str | None) -> User:
         """A user changes their own profile; email and password changes need the current password."""

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from beanie import Document, SortDirection
+from beanie import Document, PydanticObjectId, SortDirection
 
-from server.authenticator import parse_object_id
-from server.errors import ValidationFailed
+from tidings.documents.ids import parse_object_id
+from tidings.server.adapters.errors import ValidationFailed
 
 DocumentType = TypeVar("DocumentType", bound=Document)
+
+
+def parse_cursor(before: str | None) -> PydanticObjectId | None:
+    """The `before` of a page: None for the first page; anything but an id is the client's error (422)."""
+    if before is None:
+        return None
+    oid = parse_object_id(before)
+    if oid is None:
+        raise ValidationFailed(details={"before": ["Not a valid id."]})
+    return oid
 
 
 async def newest_first(
     model: type[DocumentType], conditions: dict[str, Any], *, before: str | None, limit: int
 ) -> tuple[list[DocumentType], str | None]:
     """One page of `model` matching `conditions`, and the `before` of the next page (None on the last)."""
-    if before is not None:
-        oid = parse_object_id(before)
-        if oid is None:
-            raise ValidationFailed(details={"before": ["Not a valid id."]})
+    oid = parse_cursor(before)
+    if oid is not None:
         conditions = {"$and": [conditions, {"_id": {"$lt": oid}}]} if conditions else {"_id": {"$lt": oid}}
     found = await model.find(conditions).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list()
     if len(found) <= limit:

@@ -20,10 +20,12 @@ from aiohttp_apigami.middlewares import _get_handler_schemas
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from server.authenticator import Role, required_role
-from server.errors import ApiError, Forbidden, NotAuthenticated
-from server.keys import authenticator_key, principal_key
-from server.logs import request_id_var
+from tidings.handlers.credentials import bearer_token
+from tidings.handlers.csp import API_CSP, DOCS_CSP
+from tidings.server.adapters.errors import ApiError, NotAuthenticated
+from tidings.server.keys import authenticator_key, principal_key
+from tidings.server.logs import request_id_var
+from tidings.server.services.authenticator import Role, require_admin, required_role
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +98,12 @@ def auth_middleware(request: web.Request, handler: Handler) -> Awaitable[web.Str
 
 
 async def _authenticated(request: web.Request, handler: Handler, role: Role) -> web.StreamResponse:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request)
+    if token is None:
         raise NotAuthenticated("A bearer access token is required.")
-    principal = await request.app[authenticator_key].authenticate(token.strip())
-    if role == "admin" and not principal.is_admin:
-        raise Forbidden("Administrators only.")
+    principal = await request.app[authenticator_key].authenticate(token)
+    if role == "admin":
+        require_admin(principal.is_admin)
     request[principal_key] = principal
     return await handler(request)
 
@@ -115,19 +117,11 @@ def validation_middleware(request: web.Request, handler: Handler) -> Awaitable[w
     return apigami_validation_middleware(request, handler)
 
 
-API_CSP = "default-src 'none'; frame-ancestors 'none'"
-# Swagger UI loads its own scripts and styles, runs an inline bootstrap script and uses data: images.
-DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; frame-ancestors 'none'"
-)
-
-
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: headers every response carries, but a WebSocket's 101.
 
-    Browsers ignore these on a protocol switch, and the upgrade's headers live as long as the socket: about
-    1 KiB per idle socket for nothing.
+    Browsers ignore these on a protocol switch, and the upgrade's headers live as long as the socket, so they
+    would cost every idle socket memory for nothing (docs/performance.md).
     """
     if response.status == 101:
         return

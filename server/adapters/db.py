@@ -11,7 +11,7 @@ from beanie.odm.utils.typing import get_index_attributes
 from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from documents import ALL_DOCUMENTS
+from tidings.documents import ALL_DOCUMENTS
 
 
 def index_models(model: type[Document]) -> list[IndexModel]:

@@ -10,14 +10,15 @@ from datetime import UTC, datetime, timedelta
 from beanie import PydanticObjectId
 from pymongo.results import UpdateResult
 
-from documents import Session, User
-from documents.user import email_key
-from server.authenticator import Authenticator, parse_object_id
-from server.errors import Forbidden, InvalidCredentials, InvalidToken, TooManyRequests
-from server.locks import Locks
-from server.ratelimit import RateLimiter
-from server.security import InvalidTokenError, Passwords, Tokens
-from server.settings import Settings
+from tidings.documents import Session, User
+from tidings.documents.ids import parse_object_id
+from tidings.documents.user import email_key
+from tidings.server.adapters.errors import Forbidden, InvalidCredentials, InvalidToken, TooManyRequests
+from tidings.server.adapters.locks import Locks
+from tidings.server.adapters.ratelimit import RateLimiter
+from tidings.server.adapters.security import InvalidTokenError, Passwords, Tokens
+from tidings.server.services.authenticator import Authenticator, require_admin
+from tidings.server.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,7 @@ class SessionService:
     async def login_panel(self, email: str, password: str, address: str, user_agent: str | None) -> str:
         """Like login, for the admin panel: admins only; returns the session cookie's token."""
         user = await self._check_password(email, password, address)
-        if not user.is_admin:
-            raise Forbidden("The admin panel is for administrators only.")
+        require_admin(user.is_admin, "The admin panel is for administrators only.")
         session_id, _ = await self._open(user, user_agent, self.settings.panel_session_ttl)
         return self.tokens.issue("panel", user_id=str(user.id), session_id=session_id, version=user.token_version)
 

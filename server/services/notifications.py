@@ -6,10 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import threading
-import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,16 +14,17 @@ from typing import Any
 from beanie import PydanticObjectId, SortDirection
 from pymongo.errors import DuplicateKeyError
 
-from documents import BroadcastReceipt, Dispatch, Inbox, Notification, User
-from server.audit import Actor, AuditLog
-from server.authenticator import parse_object_id
-from server.errors import NotFound, ValidationFailed
-from server.pagination import newest_first
-from server.pubsub import Broker
+from tidings.documents import BroadcastReceipt, Dispatch, Inbox, Notification
+from tidings.documents.ids import new_id, parse_object_id
+from tidings.server.adapters.broker import Broker
+from tidings.server.adapters.codecs import NOTIFY_TOPIC, encode_notifications
+from tidings.server.adapters.errors import NotFound, ValidationFailed
+from tidings.server.adapters.pagination import newest_first
+from tidings.server.services.audit import Actor, AuditLog
+from tidings.server.services.recipients import resolve_recipients
 
 log = logging.getLogger(__name__)
 
-NOTIFY_TOPIC = "notify"
 MAX_DATA_BYTES = 4096
 # BSON documents nest at most 100 levels, and deep JSON exhausts Python's recursion limit: keep `data` shallow.
 MAX_DATA_DEPTH = 32
@@ -53,26 +51,6 @@ class BroadcastState:
         return notification.id <= self.floor or notification.id in self.read_ids
 
 
-_id_lock = threading.Lock()
-_last_id_prefix = 0
-
-
-def new_id() -> PydanticObjectId:
-    """An ObjectId ordered by creation to the microsecond, across processes, and strictly within one.
-
-    bson's ObjectIds order by the second, then by a random value per process: ids two processes made in the same
-    second sort by process, not by creation, and "everything after X" (resume, catch-up) would skip or reorder
-    them. Users get their ids here too, as a broadcast reaches the users whose id is older than its own.
-    Layout: 4 bytes of seconds (generation_time still works), 3 of microseconds, 2 of a counter, 3 random.
-    """
-    global _last_id_prefix
-    now = time.time_ns() // 1000
-    with _id_lock:
-        prefix = max((now // 1_000_000) << 40 | (now % 1_000_000) << 16, _last_id_prefix + 1)
-        _last_id_prefix = prefix
-    return PydanticObjectId(prefix.to_bytes(9, "big") + os.urandom(3))
-
-
 def data_problem(data: Any) -> str | None:
     """Why MongoDB could not store `data` as it is, or None; iterative, so any depth is safe to check."""
     stack: list[tuple[Any, int]] = [(data, 1)]
@@ -97,13 +75,6 @@ def visible_to(user_id: PydanticObjectId) -> dict[str, Any]:
     return {"$or": [{"recipient_id": user_id}, {"recipient_id": None, "_id": {"$gt": user_id}}]}
 
 
-def encode_batch(notifications: Iterable[Notification]) -> bytes:
-    """The broker message for a batch: [[recipient id or null, public notification], ...]."""
-    return json.dumps(
-        [[str(n.recipient_id) if n.recipient_id else None, n.public(read=False)] for n in notifications]
-    ).encode()
-
-
 @dataclass(frozen=True)
 class DispatchStats:
     dispatch: Dispatch
@@ -121,11 +92,14 @@ class NotificationService:
         title: str,
         body: str,
         data: dict[str, Any] | None = None,
-        user_ids: list[str] | None = None,
+        user_ids: Sequence[str] = (),
+        emails: Sequence[str] = (),
+        usernames: Sequence[str] = (),
         broadcast: bool = False,
         sender: Actor | None = None,
     ) -> list[Notification]:
-        """Store the notifications (one per recipient, or one broadcast), then publish them.
+        """Store the notifications (one per recipient, named by id, email or username, or one broadcast), then
+        publish them.
 
         Once this returns they are in MongoDB; a failed publish only delays live delivery, because every
         process catches its sockets up from MongoDB when its subscription comes back.
@@ -138,7 +112,7 @@ class NotificationService:
         if broadcast:
             recipients: list[PydanticObjectId | None] = [None]
         else:
-            recipients = list(await self._existing_users(user_ids or []))
+            recipients = list(await resolve_recipients(user_ids=user_ids, emails=emails, usernames=usernames))
         now = datetime.now(UTC)
         # MongoDB keeps milliseconds: the 201 and live frames must show what the inbox and replays will.
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
@@ -181,22 +155,14 @@ class NotificationService:
 
     async def publish(self, notifications: list[Notification]) -> None:
         try:
-            await self.broker.publish(NOTIFY_TOPIC, encode_batch(notifications))
+            await self.broker.publish(
+                NOTIFY_TOPIC,
+                encode_notifications(
+                    (str(n.recipient_id) if n.recipient_id else None, n.public(read=False)) for n in notifications
+                ),
+            )
         except Exception as exc:
             log.warning("could not publish notifications; sockets catch up when the broker returns: %s", exc)
-
-    @staticmethod
-    async def _existing_users(user_ids: list[str]) -> list[PydanticObjectId]:
-        wanted = list(dict.fromkeys(user_ids))
-        oids = [parse_object_id(user_id) for user_id in wanted]
-        malformed = [user_id for user_id, oid in zip(wanted, oids, strict=True) if oid is None]
-        if malformed:
-            raise ValidationFailed(details={"user_ids": {"malformed": malformed}})
-        found = {user.id for user in await User.find({"_id": {"$in": oids}}).to_list()}
-        unknown = [user_id for user_id, oid in zip(wanted, oids, strict=True) if oid not in found]
-        if unknown:
-            raise ValidationFailed("Some recipients do not exist.", details={"user_ids": {"unknown": unknown}})
-        return [oid for oid in oids if oid is not None]
 
     async def broadcast_state(self, user_id: PydanticObjectId) -> BroadcastState:
         # Both reads at once; receipts at or below the watermark (read-all deletes them, but one marked read

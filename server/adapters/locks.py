@@ -1,8 +1,8 @@
 """Per-document write locks, because FerretDB applies an update as read-modify-write.
 
 MongoDB applies every single-document update atomically. FerretDB 1.24 on SQLite reads, changes and writes
-back the whole document, so two concurrent updates of one document can lose one of them (measured here: 65 of
-100 concurrent `$set` pairs). Writes that must never be lost, such as a deactivation, a token-version bump or a
+back the whole document, so two concurrent updates of one document can lose one of them (docs/performance.md
+has the measurement). Writes that must never be lost, such as a deactivation, a token-version bump or a
 session's revocation, hold their document's lock: across processes in Redis, within a process always.
 """
 
@@ -18,12 +18,11 @@ from redis.exceptions import LockError, RedisError
 
 log = logging.getLogger(__name__)
 
-LOCK_SECONDS = 10.0
-
 
 class Locks:
-    def __init__(self, redis: aioredis.Redis | None, prefix: str) -> None:
+    def __init__(self, redis: aioredis.Redis | None, prefix: str, timeout: float) -> None:
         self._redis = redis
+        self._timeout = timeout
         self._prefix = f"{prefix}lock:"
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
 
@@ -47,7 +46,7 @@ class Locks:
         if self._redis is None:
             yield
             return
-        lock = self._redis.lock(self._prefix + key, timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS)
+        lock = self._redis.lock(self._prefix + key, timeout=self._timeout, blocking_timeout=self._timeout)
         try:
             acquired = bool(await lock.acquire())
         except RedisError as exc:

@@ -6,13 +6,15 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from server.authenticator import parse_object_id
+from tidings.documents.ids import parse_object_id
 
 USERNAME = validate.Regexp(r"^[A-Za-z0-9_.-]{3,32}$", error="3 to 32 letters, digits, '_', '.' or '-'.")
 PASSWORD = validate.Length(min=8, max=128)
 EMAIL_LENGTH = validate.Length(max=254)
 NAME_LENGTH = validate.Length(max=100)
 BIO_LENGTH = validate.Length(max=1000)
+MAX_RECIPIENTS = 1000
+RECIPIENT_COUNT = validate.Length(min=1, max=MAX_RECIPIENTS)
 
 
 class StrictSchema(Schema):
@@ -151,13 +153,21 @@ class SendNotificationSchema(StrictSchema):
     title = fields.String(required=True, validate=validate.Length(min=1, max=200))
     body = fields.String(required=True, validate=validate.Length(max=5000))
     data = fields.Dict(keys=fields.String(validate=validate.Length(max=100)), load_default=None, allow_none=True)
-    user_ids = fields.List(ObjectIdField(), validate=validate.Length(min=1, max=1000))
+    # Recipients by id, email or username (together at most MAX_RECIPIENTS), or everyone with broadcast: true.
+    user_ids = fields.List(ObjectIdField(), validate=RECIPIENT_COUNT, load_default=list)
+    emails = fields.List(fields.String(validate=EMAIL_LENGTH), validate=RECIPIENT_COUNT, load_default=list)
+    usernames = fields.List(
+        fields.String(validate=validate.Length(max=32)), validate=RECIPIENT_COUNT, load_default=list
+    )
     broadcast = StrictBoolean(load_default=False)
 
     @validates_schema
     def one_audience(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("broadcast") == bool(data.get("user_ids")):
-            raise ValidationError("Give either user_ids or broadcast: true.")
+        named = sum(len(data.get(field) or ()) for field in ("user_ids", "emails", "usernames"))
+        if data.get("broadcast") == bool(named):
+            raise ValidationError("Give user_ids, emails or usernames, or broadcast: true.")
+        if named > MAX_RECIPIENTS:
+            raise ValidationError(f"At most {MAX_RECIPIENTS} recipients in one send.")
 
 
 class NotificationListQuerySchema(StrictSchema):

@@ -10,9 +10,9 @@ from aiohttp_apigami import AiohttpApiSpec
 from aiohttp_apigami.constants import APISPEC_PARSER
 from webargs.aiohttpparser import AIOHTTPParser, is_json_request
 
-from server.errors import BadRequest, ValidationFailed
-from server.keys import validated_key
-from server.schemas import ErrorSchema
+from tidings.handlers.schemas import ErrorSchema
+from tidings.server.adapters.errors import BadRequest, ValidationFailed
+from tidings.server.keys import validated_key
 
 _ERROR_DESCRIPTIONS = {
     400: "Malformed request (for example invalid JSON)",

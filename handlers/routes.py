@@ -2,7 +2,8 @@
 
 from aiohttp import web
 
-from handlers import auth, health, notifications, pages, users, ws
+from tidings.handlers import auth, health, notifications, pages, users, ws
+from tidings.handlers.assets import STATIC_DIR
 
 API = "/api/v1"
 
@@ -10,7 +11,7 @@ API = "/api/v1"
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/", pages.index)
     app.router.add_get("/admin", pages.admin_root)
-    app.router.add_static("/static", pages.STATIC_DIR)
+    app.router.add_static("/static", STATIC_DIR)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
 

@@ -14,7 +14,7 @@ import jwt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from server.settings import Settings
+from tidings.server.settings import Settings
 
 TokenType = Literal["access", "refresh", "panel"]
 ALGORITHM = "HS256"

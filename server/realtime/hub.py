@@ -1,4 +1,8 @@
-"""The WebSocket hub: this process's authenticated sockets, live fan-out, replay and forced closes.
+"""The WebSocket hub: this process's sockets and their whole lifecycle, live fan-out, replay and forced closes.
+
+A socket is tracked from its upgrade, opened (registered, told "ready", then live), re-authenticated in band, and
+closed here; the handler only speaks the protocol. Live frames for a socket are held from its registration until
+"ready" is written, and during a replay, so a client sees no gap and no duplicate.
 
 Delivery writes pre-built WebSocket frames straight to each socket's transport: a broadcast is serialized and
 framed once, whatever the number of sockets, and no per-socket task or queue exists. The transport's write
@@ -9,76 +13,39 @@ SLOW_CLIENT, and its client resumes from the last id it got.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import struct
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from bson import ObjectId
 
-from server.authenticator import AUTH_TOPIC, Authenticator, parse_object_id
-from server.notifications import NOTIFY_TOPIC, NotificationService
-from server.pubsub import Broker
-from server.settings import Settings
-from server.tasks import cancel_and_wait
+from tidings.documents.ids import parse_object_id
+from tidings.server.adapters.broker import Broker
+from tidings.server.adapters.codecs import (
+    AUTH_TOPIC,
+    NOTIFY_TOPIC,
+    MalformedMessage,
+    decode_auth,
+    decode_notifications,
+)
+from tidings.server.adapters.tasks import cancel_and_wait
+from tidings.server.realtime.frames import CloseCode, close_socket, notification_frame
+from tidings.server.services.authenticator import Authenticator, Principal
+from tidings.server.services.notifications import NotificationService
+from tidings.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 500
+# Ids a socket remembers writing before its first resume, so that resume skips them; past this, it stops tracking.
 MAX_TRACKED = 64
-# How long a forced close may take; a peer that has not taken our data by then is dropped (see close_socket).
-CLOSE_TIMEOUT = 5.0
-
-
-class CloseCode:
-    """4000-4099: reconnect (with backoff) and resume. 4400-4499: do not reconnect; mirrors HTTP statuses."""
-
-    GOING_AWAY = 1001  # server shutting down: reconnect and resume
-    RECONNECT = 4000
-    TOKEN_EXPIRED = 4001
-    SLOW_CLIENT = 4002
-    LOST_SYNC = 4003
-    PROTOCOL_ABUSE = 4400
-    BAD_CREDENTIALS = 4401
-    FORBIDDEN = 4403
-    AUTH_TIMEOUT = 4408
-    TOO_MANY_CONNECTIONS = 4429
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, unfragmented, uncompressed server-to-client text frame (RFC 6455 section 5.2)."""
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x81, length)
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, length)
-    return header + payload
-
-
-async def close_socket(
-    ws: web.WebSocketResponse, transport: asyncio.WriteTransport | None, code: int, message: str
-) -> None:
-    """Close with `code` in bounded time, even when the peer stopped reading.
-
-    aiohttp's close() would first wait for the send buffer to drain, forever for such a peer, and a transport's
-    close() keeps the socket until its buffer is flushed: so the buffer is not drained, and is dropped at the end.
-    """
-    try:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await ws.close(code=code, message=message.encode(), drain=False)
-    finally:
-        if transport is not None and transport.get_write_buffer_size():
-            transport.abort()
-
-
-def notification_frame(notification: dict[str, Any]) -> bytes:
-    return text_frame(json.dumps({"type": "notification", "notification": notification}).encode())
+# How long after a replay the live frames of the notifications it sent are still dropped as duplicates, and how many
+# it remembers: a publish follows its insert by milliseconds, so only the newest few can still be in flight.
+REPLAYED_MEMORY_SECONDS = 60.0
+MAX_REPLAYED_REMEMBERED = 1000
 
 
 class Connection:
@@ -91,6 +58,7 @@ class Connection:
         "last_id",
         "pending",
         "pending_bytes",
+        "replayed",
         "session_id",
         "token_version",
         "transport",
@@ -120,8 +88,11 @@ class Connection:
         self.pending: list[tuple[str, bytes]] | None = None
         self.pending_bytes = 0
         # Ids written since the socket went live, until its first resume, so the replay skips them; a list, as
-        # every idle socket holds one (a set costs 216 bytes empty) and it is searched at most once.
+        # every idle socket holds one and it is searched at most once.
         self.delivered: list[str] | None = []
+        # After a replay: until when, and which of the replayed ids may still arrive live (each notification is
+        # stored before it is published, so a replay can send one whose live frame is still on its way).
+        self.replayed: tuple[float, frozenset[str]] | None = None
         self.closing = False
 
 
@@ -134,10 +105,9 @@ class Hub:
         self._authenticator = authenticator
         # Lists, not sets: one per connected user, and a user has a few sockets at most (ws_max_per_user).
         self._by_user: dict[str, list[Connection]] = {}
-        # Every socket, authenticated or not, so shutdown can close them all; the handler removes its own.
-        self.sockets: set[web.WebSocketResponse] = set()
+        # Every socket, authenticated or not, so shutdown can close them all.
+        self._sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.deliveries = 0
         broker.subscribe(NOTIFY_TOPIC, self._on_notify)
         broker.subscribe(AUTH_TOPIC, self._on_auth)
         broker.on_connect(self._on_broker_connect)
@@ -147,15 +117,76 @@ class Hub:
         # repeats. None while the subscription is live.
         self._outage: dict[Connection, tuple[str, set[str]]] | None = None
 
-    # Registry
+    # Lifecycle of a socket: track, open (register, "ready", live), re-authenticate, release
 
     def connections(self) -> int:
+        """Authenticated sockets."""
         return sum(len(conns) for conns in self._by_user.values())
 
-    def add(self, conn: Connection) -> bool:
+    def socket_count(self) -> int:
+        """Every socket, authenticated or not."""
+        return len(self._sockets)
+
+    def track(self, ws: web.WebSocketResponse) -> None:
+        """From the upgrade on, so that shutdown closes the socket even before it authenticates."""
+        self._sockets.add(ws)
+
+    def release(self, ws: web.WebSocketResponse, conn: Connection | None) -> None:
+        """The handler is done with the socket, however it ended."""
+        if conn is not None:
+            self.remove(conn)
+        self._sockets.discard(ws)
+
+    async def open(
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport, principal: Principal
+    ) -> Connection | None:
+        """Register an authenticated socket, say "ready" with its unread count, and go live.
+
+        None when its user is at the connection limit (the socket is closed with TOO_MANY_CONNECTIONS). A failure
+        before "ready" gives the slot back, so failed attempts never lock a user out.
+        """
+        conn = Connection(
+            ws,
+            transport,
+            principal.user_id,
+            principal.session_id,
+            principal.token_version,
+            principal.token_expires_at,
+            start_id=str(ObjectId.from_datetime(datetime.now(UTC))),
+        )
+        conn.pending = []  # held until "ready" is written
+        if not self._add(conn):
+            await ws.close(code=CloseCode.TOO_MANY_CONNECTIONS, message=b"too many connections for this user")
+            return None
+        try:
+            user_oid = parse_object_id(principal.user_id)
+            assert user_oid is not None  # it came from a token this server signed
+            unread = await self._notifications.unread_count(user_oid)
+            await ws.send_json({"type": "ready", "user_id": principal.user_id, "unread": unread})
+        except BaseException:
+            self.remove(conn)
+            raise
+        self.go_live(conn)
+        return conn
+
+    def reauthenticate(self, conn: Connection, principal: Principal) -> bool:
+        """A fresh access token extends the socket past the old one's expiry; a token for another user closes it."""
+        if principal.user_id != conn.user_id:
+            self.close(conn, CloseCode.FORBIDDEN, "token is for another user")
+            return False
+        conn.session_id, conn.token_version, conn.expires_at = (
+            principal.session_id,
+            principal.token_version,
+            principal.token_expires_at,
+        )
+        return True
+
+    def _add(self, conn: Connection) -> bool:
         """Register an authenticated socket; False when its user is at the connection limit."""
         conns = self._by_user.setdefault(conn.user_id, [])
         if len(conns) >= self._settings.ws_max_per_user:
+            if not conns:
+                del self._by_user[conn.user_id]
             return False
         conns.append(conn)
         if self._outage is not None:
@@ -180,7 +211,12 @@ class Hub:
     # Delivery
 
     def _on_notify(self, payload: bytes) -> None:
-        for recipient, notification in json.loads(payload):
+        try:
+            deliveries = decode_notifications(payload)
+        except MalformedMessage as exc:
+            log.warning("dropped a malformed notification message: %s", exc)
+            return
+        for recipient, notification in deliveries:
             frame = notification_frame(notification)
             if recipient is None:
                 # Broadcasts reach users who existed when it was sent: ids are ordered by creation.
@@ -193,8 +229,15 @@ class Hub:
                     self.deliver(conn, notification["id"], frame)
 
     def deliver(self, conn: Connection, notification_id: str, frame: bytes) -> None:
+        """A live frame for this socket: held while it is set up or replayed, dropped if a replay sent it."""
         if conn.closing:
             return
+        if conn.replayed is not None:
+            until, replayed = conn.replayed
+            if time.monotonic() > until:
+                conn.replayed = None
+            elif notification_id in replayed:
+                return
         if conn.pending is not None:
             conn.pending.append((notification_id, frame))
             conn.pending_bytes += len(frame)
@@ -211,7 +254,6 @@ class Hub:
             self.close(conn, CloseCode.SLOW_CLIENT, "send buffer full; reconnect and resume")
             return
         transport.write(frame)
-        self.deliveries += 1
         if self._outage is not None and conn in self._outage:
             self._outage[conn][1].add(notification_id)
         if conn.delivered is not None:
@@ -240,6 +282,7 @@ class Hub:
                 return
             conn.pending, conn.pending_bytes = [], 0
         sent, conn.delivered = set(conn.delivered or ()) | skip, None
+        replayed: list[str] = []
         try:
             while user_oid is not None and after_oid is not None and not conn.closing:
                 batch = await self._notifications.after(user_oid, after_oid, REPLAY_BATCH)
@@ -247,6 +290,7 @@ class Hub:
                     if notification["id"] not in sent:
                         self._write(conn, notification["id"], notification_frame(notification))
                         sent.add(notification["id"])
+                        replayed.append(notification["id"])
                 if len(batch) < REPLAY_BATCH:
                     break
                 next_oid = parse_object_id(batch[-1]["id"])
@@ -254,7 +298,17 @@ class Hub:
                 after_oid = next_oid
             conn.pending = [(nid, frame) for nid, frame in conn.pending or [] if nid not in sent]
         finally:
+            self._remember_replayed(conn, replayed)
             self.go_live(conn)
+
+    @staticmethod
+    def _remember_replayed(conn: Connection, replayed: list[str]) -> None:
+        """Keep the newest replayed ids whose live frames may still come, so that they are not sent twice."""
+        horizon = str(ObjectId.from_datetime(datetime.fromtimestamp(time.time() - REPLAYED_MEMORY_SECONDS, UTC)))
+        recent = [nid for nid in replayed[-MAX_REPLAYED_REMEMBERED:] if nid > horizon]
+        if conn.replayed is not None and time.monotonic() <= conn.replayed[0]:
+            recent.extend(conn.replayed[1])
+        conn.replayed = (time.monotonic() + REPLAYED_MEMORY_SECONDS, frozenset(recent)) if recent else None
 
     # Forced closes
 
@@ -263,16 +317,19 @@ class Hub:
             return
         conn.closing = True
         self.remove(conn)
-        self.spawn(close_socket(conn.ws, conn.transport, code, message))
+        self.spawn(close_socket(conn.ws, conn.transport, code, message, self._settings.ws_close_timeout))
 
     def _on_auth(self, message: bytes) -> None:
-        kind, _, key = message.decode().partition(":")
-        if kind == "u" and key in self._by_user:
-            self.spawn(self._recheck_user(key))
-        elif kind == "s":
+        try:
+            change = decode_auth(message)
+        except MalformedMessage:
+            return  # the authenticator logs it
+        if change.kind == "user" and change.key in self._by_user:
+            self.spawn(self._recheck_user(change.key))
+        elif change.kind == "session":
             for conns in list(self._by_user.values()):
                 for conn in list(conns):
-                    if conn.session_id == key:
+                    if conn.session_id == change.key:
                         self.close(conn, CloseCode.BAD_CREDENTIALS, "logged out")
 
     async def _recheck_user(self, user_id: str, *, sessions: bool = False) -> None:
@@ -329,7 +386,7 @@ class Hub:
     async def expire_tokens(self) -> None:
         """Close sockets whose access token expired without an in-band refresh; runs until cancelled."""
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self._settings.ws_token_check_interval)
             now = time.time()
             for conns in list(self._by_user.values()):
                 for conn in list(conns):
@@ -339,14 +396,15 @@ class Hub:
     async def shutdown(self) -> None:
         """Close every socket with 1001 (going away), all at once: clients reconnect elsewhere and resume."""
         transports: dict[web.WebSocketResponse, asyncio.WriteTransport] = {}
+        close_within = self._settings.ws_close_timeout
         for conns in list(self._by_user.values()):
             for conn in conns:
                 conn.closing = True  # nothing is written after the close frame
                 transports[conn.ws] = conn.transport
         await asyncio.gather(
             *(
-                close_socket(ws, transports.get(ws), CloseCode.GOING_AWAY, "server shutting down")
-                for ws in list(self.sockets)
+                close_socket(ws, transports.get(ws), CloseCode.GOING_AWAY, "server shutting down", close_within)
+                for ws in list(self._sockets)
             )
         )
         await cancel_and_wait(*self._tasks)

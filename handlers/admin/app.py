@@ -1,0 +1,63 @@
+"""The admin panel's sub-application: its middleware, templates and routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from tidings.handlers.admin import audit, dashboard, login, notifications, users
+from tidings.handlers.admin.cookies import take_flash
+from tidings.handlers.admin.csrf import csrf_token_for
+from tidings.handlers.admin.session import admin_middleware
+from tidings.handlers.assets import TEMPLATES_DIR
+from tidings.server.keys import principal_key
+
+
+def _datetime(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
+
+
+async def _context(request: web.Request) -> dict[str, Any]:
+    principal = request.get(principal_key)
+    return {
+        "admin": principal,
+        "csrf_token": csrf_token_for(request) if principal else "",
+        "flash": take_flash(request),
+        "path": request.path,
+    }
+
+
+def setup_routes(panel: web.Application) -> None:
+    panel.router.add_get("/login", login.login_page)
+    panel.router.add_post("/login", login.login_submit)
+    panel.router.add_post("/logout", login.logout)
+    panel.router.add_get("/", dashboard.dashboard)
+    panel.router.add_get("/dashboard.json", dashboard.dashboard_json)
+    panel.router.add_get("/users", users.users)
+    panel.router.add_get("/users/{user_id}", users.user_detail)
+    panel.router.add_post("/users/{user_id}/active", users.set_active)
+    panel.router.add_post("/users/{user_id}/admin", users.set_admin)
+    panel.router.add_post("/users/{user_id}/revoke", users.revoke_sessions)
+    panel.router.add_post("/users/{user_id}/notify", users.notify_user)
+    panel.router.add_get("/notifications", notifications.notifications)
+    panel.router.add_post("/notifications", notifications.notifications)
+    panel.router.add_get("/audit", audit.audit)
+
+
+def create_admin_app() -> web.Application:
+    """The panel, mounted at /admin/ by create_app; it reads the parent's services through config_dict."""
+    panel = web.Application(middlewares=[admin_middleware])
+    env = aiohttp_jinja2.setup(
+        panel,
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        context_processors=[_context],
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["datetime"] = _datetime
+    setup_routes(panel)
+    return panel

@@ -1,0 +1,1 @@
+"""Adapters: the broker and its message codecs, security, rate limits, locks, the database, pagination, errors."""

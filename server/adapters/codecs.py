@@ -1,0 +1,70 @@
+"""Every message the broker carries between processes: its topic, and how it is encoded and decoded.
+
+Two topics. `auth` carries invalidations of cached user and session state, "u:<user id>" or "s:<session id>".
+`notify` carries a batch of stored notifications as JSON, [[recipient id or null, public notification], ...].
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+AUTH_TOPIC = "auth"
+NOTIFY_TOPIC = "notify"
+
+AuthKind = Literal["user", "session"]
+_AUTH_PREFIXES: dict[AuthKind, bytes] = {"user": b"u:", "session": b"s:"}
+_AUTH_KINDS: dict[bytes, AuthKind] = {prefix: kind for kind, prefix in _AUTH_PREFIXES.items()}
+
+# A notification as clients see it; `recipient` None is a broadcast.
+Delivery = tuple[str | None, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChange:
+    """A user changed (state, rights, tokens) or a session was revoked: caches of it must go."""
+
+    kind: AuthKind
+    key: str
+
+
+class MalformedMessage(ValueError):
+    """A broker message that no tidings process sent."""
+
+
+def encode_auth(change: AuthChange) -> bytes:
+    return _AUTH_PREFIXES[change.kind] + change.key.encode()
+
+
+def decode_auth(message: bytes) -> AuthChange:
+    kind = _AUTH_KINDS.get(message[:2])
+    if kind is None:
+        raise MalformedMessage(f"not an auth message: {message[:40]!r}")
+    return AuthChange(kind, message[2:].decode())
+
+
+def encode_notifications(deliveries: Iterable[Delivery]) -> bytes:
+    return json.dumps([[recipient, notification] for recipient, notification in deliveries]).encode()
+
+
+def decode_notifications(message: bytes) -> list[Delivery]:
+    try:
+        batch = json.loads(message)
+    except ValueError as exc:
+        raise MalformedMessage(f"not a notification batch: {exc}") from None
+    if not isinstance(batch, list):
+        raise MalformedMessage("a notification batch is a list")
+    deliveries: list[Delivery] = []
+    for item in batch:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and (item[0] is None or isinstance(item[0], str))
+            and isinstance(item[1], dict)
+            and isinstance(item[1].get("id"), str)
+        ):
+            raise MalformedMessage("each delivery is [recipient id or null, notification with an id]")
+        deliveries.append((item[0], item[1]))
+    return deliveries

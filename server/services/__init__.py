@@ -1,0 +1,1 @@
+"""Services: the rules of accounts, sessions, notifications and the audit log; handlers call these."""
