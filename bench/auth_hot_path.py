@@ -29,19 +29,17 @@ if __package__ in (None, ""):
 from bench.common import (
     API,
     Account,
-    Isolation,
-    Server,
     WrkResult,
     bench_log_dir,
     cpu_seconds,
-    drop,
-    free_port,
     load_average,
     log,
     register_and_login,
+    script_server,
     tidings_server,
     wrk,
 )
+from tests.launcher import Isolation, ServerProcess
 
 TARGET_RATIO = 0.60
 PATH = f"{API}/users/me"
@@ -53,10 +51,10 @@ class Measured:
     cpu_us_per_request: float
 
 
-def measure(server: Server, token: str, args: argparse.Namespace, seconds: int | None = None) -> Measured:
+def measure(server: ServerProcess, token: str, args: argparse.Namespace, seconds: int | None = None) -> Measured:
     before = cpu_seconds(server.pid)
     result = wrk(
-        server.base + PATH,
+        server.url + PATH,
         threads=args.threads,
         connections=args.connections,
         seconds=seconds or args.seconds,
@@ -66,18 +64,18 @@ def measure(server: Server, token: str, args: argparse.Namespace, seconds: int |
     return Measured(result, used / max(result.requests, 1) * 1e6)
 
 
-async def status_of(session: aiohttp.ClientSession, server: Server, token: str) -> int:
-    async with session.get(server.base + PATH, headers={"Authorization": f"Bearer {token}"}) as response:
+async def status_of(session: aiohttp.ClientSession, server: ServerProcess, token: str) -> int:
+    async with session.get(server.url + PATH, headers={"Authorization": f"Bearer {token}"}) as response:
         await response.read()
         return response.status
 
 
-async def check_revocation(server: Server, account: Account) -> bool:
+async def check_revocation(server: ServerProcess, account: Account) -> bool:
     """Log out; the very next GET /users/me with that access token must be 401."""
     async with aiohttp.ClientSession() as session:
         before = await status_of(session, server, account.access_token)
         async with session.post(
-            server.base + f"{API}/auth/logout",
+            server.url + f"{API}/auth/logout",
             json={"refresh_token": account.refresh_token},
             headers={"Authorization": f"Bearer {account.access_token}"},
         ) as response:
@@ -100,16 +98,8 @@ def row(name: str, measured: Measured, bare: Measured | None) -> str:
 async def run(args: argparse.Namespace) -> int:
     log_dir = bench_log_dir()
     # One database and Redis prefix per tidings process: the two runs share nothing.
-    isolations = [Isolation.new("auth"), Isolation.new("authlog")]
-    bare_port = free_port()
-    bare = Server(
-        "bare",
-        [sys.executable, str(Path(__file__).with_name("bare_app.py")), "--port", str(bare_port)],
-        {},
-        bare_port,
-        "/",
-        log_dir,
-    )
+    isolations = [Isolation.new("bench", "auth"), Isolation.new("bench", "authlog")]
+    bare = script_server("bare", Path(__file__).with_name("bare_app.py"), log_dir, "/")
     quiet = tidings_server("tidings", isolations[0], log_dir, access_log=False)
     logged = tidings_server("tidings-access-log", isolations[1], log_dir, access_log=True)
     servers = [bare, quiet, logged]
@@ -117,11 +107,11 @@ async def run(args: argparse.Namespace) -> int:
     try:
         log(f"starting processes (logs in {log_dir})")
         for server in servers:
-            await server.start()
+            await server.launch()
         accounts: dict[str, Account] = {}
         async with aiohttp.ClientSession() as session:
             for server in (quiet, logged):
-                accounts[server.name] = await register_and_login(session, server.base, "hot")
+                accounts[server.name] = await register_and_login(session, server.url, "hot")
             # The bare app ignores the header; it gets one so that the requests are the same bytes.
             accounts["bare"] = accounts["tidings"]
             for server in servers:
@@ -179,7 +169,7 @@ async def run(args: argparse.Namespace) -> int:
         for server in servers:
             server.stop()
         for isolation in isolations:
-            await drop(isolation)
+            await isolation.adrop()
         log("stopped the processes, dropped the database and deleted the Redis keys")
     return 0 if ok else 1
 

@@ -11,31 +11,21 @@ import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import redis.asyncio as aioredis
-from pymongo import AsyncMongoClient
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-TIDINGS = BIN / "tidings"
-HOST = "127.0.0.1"
+from tests.launcher import MONGODB_URL, REDIS_URL, Isolation, ServerProcess, free_port, run_cli, server_env
+
 API = "/api/v1"
-MONGODB_URL = os.environ.get("MONGODB_URL") or "mongodb://127.0.0.1:27017"
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 for _url in (MONGODB_URL, REDIS_URL):
     if urlsplit(_url).hostname not in ("127.0.0.1", "localhost"):
         raise SystemExit(f"bench: {_url} is not on 127.0.0.1; the benchmarks only run against local services")
@@ -46,13 +36,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def raise_nofile(wanted: int) -> int:
@@ -91,147 +74,32 @@ def cpu_seconds(pid: int) -> float:
 # Server processes
 
 
-@dataclass
-class Server:
-    """A server in its own process, with its output in a log file."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    ready_path: str
-    log_dir: Path
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log_path = self.log_dir / f"{self.name}.log"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    @property
-    def base(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def launch(self) -> subprocess.Popen[bytes]:
-        """Start the process in a session of its own (so it gets no signal meant for this one)."""
-        with self.log_path.open("wb") as output:
-            self.process = subprocess.Popen(
-                self.argv, env=self.env, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
-            )
-        return self.process
-
-    async def start(self, ready_within: float = 60.0) -> None:
-        """Launch, then wait until `ready_path` answers 200."""
-        process = self.launch()
-        deadline = time.monotonic() + ready_within
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with {process.returncode}; see {self.log_path}")
-                try:
-                    async with session.get(self.base + self.ready_path) as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not become ready within {ready_within:.0f}s; see {self.log_path}")
-
-    def check_alive(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} died with status {self.process.returncode}; see {self.log_path}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout`; only this process (it runs in its own session)."""
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is not None:
-            log(f"{self.name} had already exited with status {process.returncode}")
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-@dataclass(frozen=True)
-class Isolation:
-    """A database and a Redis key prefix of its own, so a benchmark touches nothing else."""
-
-    db: str
-    prefix: str
-
-    @classmethod
-    def new(cls, label: str) -> Isolation:
-        unique = uuid.uuid4().hex[:10]
-        return cls(f"tidings_bench_{label}_{unique}", f"bench:{label}:{unique}:")
-
-
-def tidings_env(isolation: Isolation, *, access_log: bool = False, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-    env.update(
-        {
-            "TIDINGS_ENV": "development",
-            "JWT_SECRET": JWT_SECRET,
-            "MONGODB_URL": MONGODB_URL,
-            "MONGODB_DB": isolation.db,
-            "REDIS_URL": REDIS_URL,
-            "REDIS_PREFIX": isolation.prefix,
-            "ACCESS_LOG": "1" if access_log else "0",
-            # Accounts are set-up here, not what is measured: cheap hashing, no login rate limit in the way.
-            "PASSWORD_TIME_COST": "1",
-            "PASSWORD_MEMORY_KIB": "1024",
-            "LOGIN_ATTEMPTS_PER_ADDRESS": "1000000",
-            "LOGIN_ATTEMPTS_PER_ACCOUNT": "1000000",
-        }
+def tidings_server(
+    name: str, isolation: Isolation, log_dir: Path, *, access_log: bool = False, **extra: str
+) -> ServerProcess:
+    # Development, as on a laptop; no login rate limit in the way of registering many accounts.
+    env = server_env(
+        isolation,
+        jwt_secret=JWT_SECRET,
+        environment="development",
+        access_log=access_log,
+        log_level="INFO",
+        LOGIN_ATTEMPTS_PER_ADDRESS="1000000",
+        LOGIN_ATTEMPTS_PER_ACCOUNT="1000000",
+        **extra,
     )
-    env.update(extra)
-    return env
+    return ServerProcess(name, env, log_dir, ready_path="/health/live")
 
 
-def tidings_server(name: str, isolation: Isolation, log_dir: Path, *, access_log: bool = False, **extra: str) -> Server:
+def script_server(name: str, script: Path, log_dir: Path, ready_path: str) -> ServerProcess:
+    """A bare comparison app (bench/bare_*.py), `script --port <port>` with this interpreter."""
     port = free_port()
-    return Server(
-        name,
-        [str(TIDINGS), "serve", "--host", HOST, "--port", str(port)],
-        tidings_env(isolation, access_log=access_log, **extra),
-        port,
-        "/health/live",
-        log_dir,
-    )
+    argv = [sys.executable, str(script), "--port", str(port)]
+    return ServerProcess(name, {}, log_dir, argv=argv, port=port, ready_path=ready_path)
 
 
 def bench_log_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="tidings-bench-"))
-
-
-async def drop(isolation: Isolation) -> None:
-    mongo: AsyncMongoClient[Any] = AsyncMongoClient(MONGODB_URL, serverSelectionTimeoutMS=5000)
-    try:
-        await mongo.drop_database(isolation.db)
-    finally:
-        await mongo.close()
-    redis = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in redis.scan_iter(match=f"{isolation.prefix}*", count=1000)]
-        for start in range(0, len(keys), 1000):
-            await redis.delete(*keys[start : start + 1000])
-    finally:
-        await redis.aclose()
 
 
 # API helpers
@@ -278,19 +146,12 @@ async def register_many(base: str, labels: Sequence[str], concurrency: int = 8) 
         return list(await asyncio.gather(*(one(label) for label in labels)))
 
 
-def create_admin(env: Mapping[str, str], email: str, username: str, timeout: float = 60.0) -> None:
+async def create_admin(env: Mapping[str, str], email: str, username: str) -> None:
     """`tidings create-admin`, the password on standard input."""
-    result = subprocess.run(
-        [str(TIDINGS), "create-admin", "--email", email, "--username", username],
-        input=PASSWORD + "\n",
-        env=dict(env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+    result = await run_cli(
+        env, "create-admin", "--email", email, "--username", username, stdin=f"{PASSWORD}\n".encode()
     )
-    if result.returncode != 0:
+    if result.code != 0:
         raise RuntimeError(f"create-admin failed: {result.stdout}{result.stderr}")
 
 

@@ -49,14 +49,9 @@ if __package__ in (None, ""):
 
 from bench.common import (
     API,
-    HOST,
-    Isolation,
-    Server,
     bench_log_dir,
     cpu_seconds,
     create_admin,
-    drop,
-    free_port,
     load_average,
     log,
     login,
@@ -64,8 +59,10 @@ from bench.common import (
     raise_nofile,
     register_many,
     rss_kib,
+    script_server,
     tidings_server,
 )
+from tests.launcher import HOST, Isolation, ServerProcess
 
 TARGET_CPU_US = 30.0
 TARGET_RSS_KIB = 20.0
@@ -131,7 +128,7 @@ class Target:
     """A running server to measure, and how to reach it."""
 
     name: str
-    server: Server
+    server: ServerProcess
     ws_url: str
     broadcast_url: str
     admin_token: str
@@ -140,39 +137,31 @@ class Target:
 
 
 async def start_bare(log_dir: Path, sockets: int) -> Target:
-    port = free_port()
-    server = Server(
-        "bare-ws",
-        [sys.executable, str(Path(__file__).with_name("bare_ws.py")), "--port", str(port)],
-        {},
-        port,
-        "/health/live",
-        log_dir,
-    )
-    await server.start()
-    base = server.base
-    return Target("bare aiohttp", server, f"ws://{HOST}:{port}/ws", f"{base}/broadcast", "unused", ["unused"] * sockets)
+    server = script_server("bare-ws", Path(__file__).with_name("bare_ws.py"), log_dir, "/health/live")
+    await server.launch()
+    ws_url, broadcast_url = f"ws://{HOST}:{server.port}/ws", f"{server.url}/broadcast"
+    return Target("bare aiohttp", server, ws_url, broadcast_url, "unused", ["unused"] * sockets)
 
 
 async def start_tidings(log_dir: Path, sockets: int, per_user: int) -> Target:
-    isolation = Isolation.new("ws")
+    isolation = Isolation.new("bench", "ws")
     server = tidings_server("tidings-ws", isolation, log_dir, WS_MAX_PER_USER=str(max(per_user, 1)))
     target = Target("tidings", server, "", "", "", [], isolation)
     try:
-        await server.start()
+        await server.launch()
         target.ws_url = f"ws://{HOST}:{server.port}{API}/ws"
-        target.broadcast_url = f"{server.base}{API}/notifications"
+        target.broadcast_url = f"{server.url}{API}/notifications"
         admin_email = "admin@bench.example.com"
-        await asyncio.to_thread(create_admin, server.env, admin_email, "admin")
+        await create_admin(server.env, admin_email, "admin")
         async with aiohttp.ClientSession() as session:
-            target.admin_token, _ = await login(session, server.base, admin_email)
+            target.admin_token, _ = await login(session, server.url, admin_email)
         users = math.ceil(sockets / per_user)
         started = time.monotonic()
-        members = await register_many(server.base, [f"u{i:05d}" for i in range(users)])
+        members = await register_many(server.url, [f"u{i:05d}" for i in range(users)])
         log(f"registered and logged in {users} users in {time.monotonic() - started:.1f}s")
     except BaseException:
         server.stop()
-        await drop(isolation)
+        await isolation.adrop()
         raise
     target.tokens = [members[i // per_user].access_token for i in range(sockets)]
     return target
@@ -406,7 +395,7 @@ async def run(args: argparse.Namespace) -> int:
             if target is not None:
                 target.server.stop()
                 if target.isolation is not None:
-                    await drop(target.isolation)
+                    await target.isolation.adrop()
     log("stopped the servers, dropped the database and deleted the Redis keys")
     return 0 if report(results, args) else 1
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -20,126 +16,40 @@ import aiohttp
 import pytest
 import redis
 from bson import ObjectId
-from pymongo import AsyncMongoClient, MongoClient
+from pymongo import AsyncMongoClient
 
 from tests.conftest import MONGODB_URL, PASSWORD, REDIS_URL, Account
+from tests.launcher import Isolation, ServerProcess, free_port, server_env, wait_ready
 from tests.realtime import API, TIMEOUT, expect_close, next_of, notifications_until, pong, ready
 
-ROOT = Path(__file__).resolve().parent.parent
-TIDINGS = ROOT / ".venv" / "bin" / "tidings"
 JWT_SECRET = "multiprocess-test-secret-" + "s" * 40
 ORIGIN = "http://tidings.test"
-STARTUP_TIMEOUT = 60.0  # a cold start imports a lot; the loop ends as soon as both answer
 # After Redis returns, a subscription that has backed off for a while comes back within about 5-8 s.
 RECOVERY_TIMEOUT = 30.0
-
-
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on, never the same twice in this run (a closed port may be handed out again)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-
-
-def http_status(port: int, path: str) -> int | None:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        connection.request("GET", path)
-        return connection.getresponse().status
-    except OSError:
-        return None
-    finally:
-        connection.close()
-
-
-class ServerProcess:
-    """`tidings serve` in a subprocess, logging to a file."""
-
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"{name}.log"
-        self._log_file = self.log.open("wb")
-        self.process = subprocess.Popen(  # noqa: S603 - our own command line
-            [str(TIDINGS), "serve", "--port", str(self.port)],
-            env=env,
-            cwd=ROOT,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"server {self.name} exited with {self.process.returncode}:\n{self.tail()}")
-        return http_status(self.port, "/health/ready") == 200
-
-    def log_size(self) -> int:
-        return self.log.stat().st_size if self.log.exists() else 0
-
-    def tail(self, since: int = 0, lines: int = 60) -> str:
-        with self.log.open("rb") as log:
-            log.seek(since)
-            return "\n".join(log.read().decode(errors="replace").splitlines()[-lines:])
-
-    def terminate(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # graceful: sockets get 1001
-
-    def stop(self) -> None:
-        self.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log_file.close()
 
 
 class Cluster:
     """Servers A and B on their own database and Redis prefix."""
 
     def __init__(self, redis_url: str, log_dir: Path) -> None:
-        unique = uuid.uuid4().hex[:12]
-        self.db = f"tidings_test_mp_{unique}"
-        self.redis_url = redis_url
-        self.prefix = f"test:mp:{unique}:"
-        env = {
-            **os.environ,
-            "TIDINGS_ENV": "test",
-            "MONGODB_URL": MONGODB_URL,
-            "MONGODB_DB": self.db,
-            "REDIS_URL": redis_url,
-            "REDIS_PREFIX": self.prefix,
-            "JWT_SECRET": JWT_SECRET,
-            "ALLOWED_ORIGINS": ORIGIN,
-            "PASSWORD_TIME_COST": "1",
-            "PASSWORD_MEMORY_KIB": "1024",
-            "ACCESS_LOG": "0",
-        }
+        self.isolation = Isolation.new("test", "mp", redis_url=redis_url)
+        # INFO: the tail of a server's log is printed when a test fails.
+        env = server_env(self.isolation, jwt_secret=JWT_SECRET, origins=ORIGIN, log_level="INFO")
         self.a = ServerProcess("A", env, log_dir)
         self.b = ServerProcess("B", env, log_dir)
+
+    @property
+    def db(self) -> str:
+        return self.isolation.db
 
     @property
     def servers(self) -> tuple[ServerProcess, ServerProcess]:
         return self.a, self.b
 
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        waiting = list(self.servers)
-        while waiting:
-            waiting = [server for server in waiting if not server.ready()]
-            if waiting and time.monotonic() > deadline:
-                raise AssertionError("\n".join(f"{s.name} not ready:\n{s.tail()}" for s in waiting))
-            if waiting:
-                time.sleep(0.1)
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        wait_ready(*self.servers)
 
     def marks(self) -> dict[str, int]:
         return {server.name: server.log_size() for server in self.servers}
@@ -154,24 +64,14 @@ class Cluster:
             server.terminate()  # both at once, then wait for each
         for server in self.servers:
             server.stop()
-        mongo: MongoClient[Any] = MongoClient(MONGODB_URL)
-        with mongo:
-            mongo.drop_database(self.db)
-        with contextlib.suppress(redis.RedisError):
-            client = redis.Redis.from_url(self.redis_url)
-            try:
-                keys = list(client.scan_iter(match=f"{self.prefix}*"))
-                if keys:
-                    client.delete(*keys)
-            finally:
-                client.close()
+        self.isolation.drop()
 
 
 @contextlib.contextmanager
 def running_cluster(redis_url: str, log_dir: Path) -> Iterator[Cluster]:
     cluster = Cluster(redis_url, log_dir)
     try:
-        cluster.wait_ready()
+        cluster.start()
         yield cluster
     finally:
         cluster.stop()
