@@ -1,5 +1,6 @@
 """A user account."""
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -10,12 +11,32 @@ from tidings.documents.clock import utcnow
 
 
 def email_key(email: str) -> str:
-    """The form of an email address that uniqueness is checked on."""
-    return email.strip().lower()
+    """The form of an email address that uniqueness (and login) is checked on, so that lookalikes are one account.
+
+    The local part is NFKC-normalised (fullwidth letters become ASCII) and case-folded ("ß" is "ss"), with the
+    Turkish dotted and dotless i folded to "i"; the domain is in its IDNA (punycode) form, so "bücher.de" and
+    "xn--bcher-kva.de" are one domain. For ASCII addresses this is plain lower case. Never raises.
+    """
+    local, at, domain = email.strip().rpartition("@")
+    if not at:
+        return _fold(email.strip())
+    return f"{_fold(local)}@{_domain_key(domain)}"
+
+
+def _fold(text: str) -> str:
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return folded.replace("\u0131", "i").replace("i\u0307", "i")
+
+
+def _domain_key(domain: str) -> str:
+    try:
+        return domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:  # not a valid IDN: keep a folded form, which no valid address shares
+        return _fold(domain)
 
 
 def username_key(username: str) -> str:
-    """The form of a username that uniqueness is checked on."""
+    """The form of a username that uniqueness is checked on (usernames are ASCII letters, digits and "_.-")."""
     return username.strip().casefold()
 
 

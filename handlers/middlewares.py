@@ -74,6 +74,10 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     except ApiError as exc:
         response = web.json_response(exc.body(), status=exc.status)
         response.headers.update(exc.headers)
+    except ConnectionResetError:
+        # The client went away (a timeout on its side): nobody reads an answer, and nothing failed here.
+        log.info("client went away during %s %s", request.method, request.path)
+        response = error_response(499, "client_closed_request", "The client closed the connection.")
     except (PyMongoError, RedisError) as exc:
         # A backing service is down or timed out: the client may retry; nothing was half-done on our side.
         log.warning("backing service unavailable in %s %s: %s", request.method, request.path, exc)

@@ -9,7 +9,9 @@ from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec
 from aiohttp_apigami.constants import APISPEC_PARSER
 from webargs.aiohttpparser import AIOHTTPParser, is_json_request
+from webargs.core import missing
 
+from tidings.handlers.json_input import InvalidJson, parse_json
 from tidings.handlers.schemas import ErrorSchema
 from tidings.server.adapters.errors import BadRequest, ValidationFailed
 from tidings.server.keys import validated_key
@@ -37,12 +39,23 @@ class Parser(AIOHTTPParser):
     """webargs' parser with tidings' errors: 400 for a body that is not JSON, 422 for schema mismatches."""
 
     async def load_json(self, req: web.Request, schema: m.Schema) -> Any:
-        if req.body_exists and not is_json_request(req):
+        if not req.body_exists:
+            return missing
+        if not is_json_request(req):
             raise BadRequest("The body must be JSON (Content-Type: application/json).")
+        body = await req.read()
+        if not body:
+            return missing
         try:
-            return await super().load_json(req, schema)
-        except RecursionError:  # nested deeper than Python's parser goes: 400 like any JSON we cannot read
-            raise BadRequest("The body is not valid JSON: nested too deeply.") from None
+            text = body.decode(req.charset or "utf-8")
+        except LookupError:
+            raise BadRequest("The body is not JSON we can read: its charset is unknown; send UTF-8.") from None
+        except UnicodeDecodeError:
+            raise BadRequest("The body is not valid JSON: it is not text in its charset.") from None
+        try:
+            return parse_json(text)
+        except InvalidJson as exc:
+            raise BadRequest(f"The body is not valid JSON: {exc}.") from None
 
     def _handle_invalid_json_error(self, error: Exception, req: web.Request, *args: Any, **kwargs: Any) -> NoReturn:
         raise BadRequest("The body is not valid JSON.")

@@ -6,15 +6,19 @@ This module speaks the protocol: it parses client messages and answers them. The
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import logging
 import time
 from typing import Any
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from aiohttp_apigami import docs
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from tidings.documents.ids import parse_object_id
 from tidings.handlers.credentials import bearer_token
+from tidings.handlers.json_input import InvalidJson, parse_json
 from tidings.handlers.openapi import BEARER, error_responses
 from tidings.server.adapters.errors import ApiError, Forbidden, InvalidToken
 from tidings.server.keys import authenticator_key, hub_key, notifications_key, settings_key
@@ -22,7 +26,11 @@ from tidings.server.realtime.frames import CloseCode
 from tidings.server.realtime.hub import Connection, Hub
 from tidings.server.services.authenticator import Principal
 
+log = logging.getLogger(__name__)
+
 MAX_CLIENT_ERRORS = 10
+UNAVAILABLE = "service_unavailable"
+RATE_LIMITED = "Too many messages on this socket; slow down (see WS_MESSAGES_PER_SECOND)."
 
 
 @docs(
@@ -41,8 +49,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # and the principal are gone once the socket is open.
     principal = await _upgrade_principal(request)
     settings = request.app[settings_key]
+    # aiohttp refuses a message of exactly max_msg_size bytes; the documented limit allows it.
     ws = web.WebSocketResponse(
-        heartbeat=settings.ws_heartbeat, max_msg_size=settings.ws_max_frame_bytes, compress=False, autoping=True
+        heartbeat=settings.ws_heartbeat, max_msg_size=settings.ws_max_frame_bytes + 1, compress=False, autoping=True
     )
     await ws.prepare(request)
     hub = request.app[hub_key]
@@ -59,22 +68,46 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if conn is None:
             return ws
         errors = 0
+        # A token bucket per socket: each message takes a token; tokens come back at ws_messages_per_second.
+        rate, burst = settings.ws_messages_per_second, settings.ws_message_burst
+        tokens, refilled_at = float(burst), time.monotonic()
         async for msg in ws:
             if msg.type == WSMsgType.ERROR:
                 break  # aiohttp already closed the socket (1009 for an oversized frame); nothing more can be sent
+            now = time.monotonic()
+            tokens, refilled_at = min(burst, tokens + (now - refilled_at) * rate), now
+            if tokens < 1:
+                await ws.send_json({"type": "error", "code": "rate_limited", "message": RATE_LIMITED})
+                continue
+            tokens -= 1
             problem = await _handle(request, ws, hub, conn, msg)
             if problem is not None:
-                errors += 1
+                code, text = problem
+                if code != UNAVAILABLE:  # an outage on our side is not the client's fault
+                    errors += 1
                 if errors > MAX_CLIENT_ERRORS:
                     await ws.close(code=CloseCode.PROTOCOL_ABUSE, message=b"too many invalid messages")
                     break
-                code, text = problem
                 await ws.send_json({"type": "error", "code": code, "message": text})
             if ws.closed:
                 break
+    except (PyMongoError, RedisError) as exc:
+        # After the upgrade nothing can answer in HTTP: close with a documented code, and the client resumes.
+        log.warning("backing service unavailable on a WebSocket: %s", exc)
+        await _close(ws, CloseCode.RECONNECT, "service unavailable; reconnect and resume")
+    except (ConnectionError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("unexpected error on a WebSocket")
+        await _close(ws, WSCloseCode.INTERNAL_ERROR, "internal error; reconnect and resume")
     finally:
         hub.release(ws, conn)
     return ws
+
+
+async def _close(ws: web.WebSocketResponse, code: int, message: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close(code=code, message=message.encode())
 
 
 async def _upgrade_principal(request: web.Request) -> Principal | None:
@@ -112,8 +145,8 @@ async def _authenticate_in_band(request: web.Request, ws: web.WebSocketResponse)
 
 def _parse(data: Any) -> dict[str, Any] | None:
     try:
-        message = json.loads(data)
-    except (TypeError, ValueError):
+        message = parse_json(data)
+    except InvalidJson:
         return None
     return message if isinstance(message, dict) else None
 
@@ -134,7 +167,11 @@ async def _handle(
         after = message.get("after")
         if not isinstance(after, str) or parse_object_id(after) is None:
             return "invalid_message", "resume needs 'after': a notification id."
-        await hub.replay(conn, after)
+        try:
+            await hub.replay(conn, after)
+        except (PyMongoError, RedisError):
+            # Part of the replay may be written already: only a new resume can continue without a gap.
+            hub.close(conn, CloseCode.LOST_SYNC, "service unavailable; reconnect and resume")
     elif kind == "read":
         return await _mark_read(request, ws, conn, message.get("id"))
     elif kind == "auth":
@@ -155,6 +192,8 @@ async def _mark_read(
         await request.app[notifications_key].mark_read(user_oid, notification_id)
     except ApiError as exc:
         return exc.code, exc.message
+    except (PyMongoError, RedisError):
+        return UNAVAILABLE, "A backing service is unavailable; retry shortly."
     await ws.send_json({"type": "read", "id": notification_id})
     return None
 

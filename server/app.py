@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
@@ -16,6 +15,7 @@ from tidings.handlers.admin.app import create_admin_app
 from tidings.handlers.middlewares import auth_middleware, request_id_middleware, security_headers, validation_middleware
 from tidings.handlers.openapi import setup_openapi
 from tidings.handlers.routes import setup_routes
+from tidings.server.adapters import redis_client
 from tidings.server.adapters.broker import MemoryBroker, RedisBroker
 from tidings.server.adapters.db import init_database
 from tidings.server.adapters.locks import Locks
@@ -90,7 +90,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         app[broker_key] = MemoryBroker()
         yield
         return
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+    client = redis_client.connect(settings.redis_url, health_check_interval=settings.redis_health_check_interval)
     try:
         await _retry_until_ready("Redis", client.ping, settings.startup_timeout)
         app[redis_key] = client
@@ -115,7 +115,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[sessions_key] = sessions
     audit = AuditLog()
     app[audit_key] = audit
-    notifications = NotificationService(app[broker_key], audit)
+    notifications = NotificationService(app[broker_key], audit, locks)
     app[notifications_key] = notifications
     app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit, locks)
     hub = Hub(settings, app[broker_key], notifications, authenticator)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -36,10 +37,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class MalformedRequestFilter(logging.Filter):
+    """A malformed request (an over-long header, bad HTTP) is refused by aiohttp with a 400 before the app sees it;
+    aiohttp logs that as an error with a traceback. It is the client's mistake: one INFO line, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "aiohttp.server" and record.exc_info:
+            exc = record.exc_info[1]
+            if isinstance(exc, HttpProcessingError) and exc.code == 400:
+                record.levelno, record.levelname = logging.INFO, "INFO"
+                record.msg, record.args, record.exc_info = "malformed request refused: %s", (exc.message,), None
+        return True
+
+
 def configure_logging(level: str) -> None:
     """Send every logger's records to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(MalformedRequestFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

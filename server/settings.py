@@ -103,6 +103,9 @@ class Settings:
     # WebSocket: Origins allowed to open sockets (browsers always send one; other clients may omit it).
     allowed_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
     ws_max_per_user: int = 10
+    # Client messages a socket may send per second (sustained), and in a burst; beyond, they are refused.
+    ws_messages_per_second: int = 20
+    ws_message_burst: int = 40
     ws_max_frame_bytes: int = 16 * 1024
     ws_send_buffer_bytes: int = 1024 * 1024
     # Timings, in seconds. A socket must authenticate within ws_auth_timeout; pings every ws_heartbeat; a forced
@@ -120,6 +123,11 @@ class Settings:
     lock_timeout: float = 10.0
     # /health/ready waits this long for each dependency.
     health_probe_timeout: float = 2.0
+    # A pooled Redis connection idle for longer than this is pinged before reuse (stale after a Redis restart).
+    redis_health_check_interval: float = 2.0
+    # Replays (resume, and the catch-up after a broker outage) that read MongoDB at once, per process: a storm of
+    # them is paced so that the API keeps answering.
+    replay_concurrency: int = 4
     # How long start-up waits for MongoDB and Redis, and shutdown for open requests.
     startup_timeout: float = 30.0
     shutdown_timeout: float = 10.0
@@ -158,6 +166,8 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),
             allowed_origins=_list(env, "ALLOWED_ORIGINS", cls.allowed_origins),
             ws_max_per_user=_int(env, "WS_MAX_PER_USER", cls.ws_max_per_user),
+            ws_messages_per_second=_int(env, "WS_MESSAGES_PER_SECOND", cls.ws_messages_per_second),
+            ws_message_burst=_int(env, "WS_MESSAGE_BURST", cls.ws_message_burst),
             ws_max_frame_bytes=_int(env, "WS_MAX_FRAME_BYTES", cls.ws_max_frame_bytes),
             ws_send_buffer_bytes=_int(env, "WS_SEND_BUFFER_BYTES", cls.ws_send_buffer_bytes),
             ws_auth_timeout=_seconds(env, "WS_AUTH_TIMEOUT", cls.ws_auth_timeout),
@@ -168,6 +178,8 @@ class Settings:
             session_sweep_interval=_seconds(env, "SESSION_SWEEP_INTERVAL", cls.session_sweep_interval),
             lock_timeout=_seconds(env, "LOCK_TIMEOUT", cls.lock_timeout),
             health_probe_timeout=_seconds(env, "HEALTH_PROBE_TIMEOUT", cls.health_probe_timeout),
+            redis_health_check_interval=_seconds(env, "REDIS_HEALTH_CHECK_INTERVAL", cls.redis_health_check_interval),
+            replay_concurrency=_int(env, "REPLAY_CONCURRENCY", cls.replay_concurrency),
             startup_timeout=_seconds(env, "STARTUP_TIMEOUT", cls.startup_timeout),
             shutdown_timeout=_seconds(env, "SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
             trust_forwarded_for=_bool(env, "TRUST_FORWARDED_FOR", cls.trust_forwarded_for),

@@ -551,3 +551,25 @@ async def test_a_fresh_account_helper_login_works(client: TestClient[Any, Any], 
     admin = await accounts.user(admin=True)
     body = await json_of(await client.get(ME, headers=admin.headers), 200)
     assert body["is_admin"] is True
+
+
+@pytest.mark.parametrize(
+    ("first", "lookalike"),
+    [
+        ("straße@example.com", "STRASSE@example.com"),
+        ("info@example.org", "İNFO@example.org"),
+        ("info@example.org", "ınfo@example.org"),
+        ("info@example.org", "ｉｎｆｏ@example.org"),
+        ("user@bücher.example", "user@xn--bcher-kva.example"),
+        ("user@xn--bcher-kva.example", "USER@BÜCHER.example"),
+    ],
+)
+async def test_lookalike_emails_are_one_account(client: TestClient[Any, Any], first: str, lookalike: str) -> None:
+    """Emails that read the same are one account (docs/security.md states the policy), and either logs in."""
+    response = await client.post(REGISTER, json={"email": first, "username": "first_one", "password": PASSWORD})
+    assert response.status == 201, await response.text()
+    again = await client.post(REGISTER, json={"email": lookalike, "username": "second_one", "password": PASSWORD})
+    error = await error_of(again, 409, "conflict")
+    assert error["details"] == {"field": "email"}
+    login = await client.post(LOGIN, json={"email": lookalike, "password": PASSWORD})
+    assert login.status == 200, await login.text()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import Account, Accounts, AppFactory
+from tests.conftest import Account, Accounts, AppFactory, drop_test_data, make_settings
 from tests.helpers import API, error_of
+from tidings.server.app import create_app
 from tidings.server.settings import Settings
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -217,3 +220,94 @@ async def test_a_small_body_limit_applies(make_client: AppFactory) -> None:
     body["full_name"] = "short"
     response = await client.post(f"{API}/auth/register", json=body)
     assert response.status == 201, await response.text()
+
+
+def notification_endpoint(admin: Account) -> tuple[str, str, dict[str, str]]:
+    return ("POST", f"{API}/notifications", admin.headers)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A lone surrogate: valid JSON escapes, but not Unicode text, so no UTF-8 encoder (BSON's) can store it.
+        b'{"email": "a\\udc00@example.com", "password": "x", "title": "\\udc00", "body": "b"}',
+        b'{"email": "a@example.com", "password": "\\ud800", "full_name": "\\udfff", "title": "t", "body": "b"}',
+        # Not JSON at all, though Python's parser takes them.
+        b'{"title": "t", "body": "b", "broadcast": true, "data": {"x": NaN}}',
+        b'{"title": "t", "body": "b", "broadcast": true, "data": {"x": -Infinity}}',
+        # JSON, but beyond what a float holds: it would be stored as infinity.
+        b'{"title": "t", "body": "b", "broadcast": true, "data": {"x": 1e309}}',
+        # Past Python's integer-string limit (ValueError inside the parser).
+        b'{"title": "t", "body": "b", "broadcast": true, "data": {"x": ' + b"9" * 5000 + b"}}",
+    ],
+)
+async def test_json_no_store_can_hold_is_400_and_stores_nothing(
+    client: TestClient[Any, Any], admin: Account, body: bytes
+) -> None:
+    for method, path, headers in [*body_endpoints(admin), notification_endpoint(admin)]:
+        response = await client.request(
+            method, path, data=body, headers={**headers, "Content-Type": "application/json"}
+        )
+        error = await error_of(response, 400, "bad_request")
+        assert "JSON" in error["message"], (path, error)
+    inbox = await client.get(f"{API}/notifications", headers=admin.headers)
+    assert (await inbox.json())["items"] == []
+
+
+async def test_a_surrogate_in_a_bearer_token_is_401(client: TestClient[Any, Any]) -> None:
+    """aiohttp decodes header bytes that are not UTF-8 into lone surrogates; the JWT check must refuse them."""
+    response = await client.get(f"{API}/users/me", headers={"Authorization": "Bearer \udcff\udcfe.x.y"})
+    await error_of(response, 401, "invalid_token")
+
+
+@pytest.mark.parametrize("charset", ["x-bogus-42", "utf-99"])
+async def test_an_unknown_charset_is_400(client: TestClient[Any, Any], admin: Account, charset: str) -> None:
+    for method, path, headers in [*body_endpoints(admin), notification_endpoint(admin)]:
+        response = await client.request(
+            method,
+            path,
+            data=b'{"title": "t"}',
+            headers={**headers, "Content-Type": f"application/json; charset={charset}"},
+        )
+        await error_of(response, 400, "bad_request")
+
+
+async def test_a_client_that_goes_away_mid_body_is_not_a_server_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A client that times out and drops its connection mid-body: logged as such, never as an unhandled error.
+
+    Served as `tidings serve` serves (aiohttp's test server would cancel the handler instead).
+    """
+    caplog.set_level(logging.INFO)
+    settings = make_settings()
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        went_away = asyncio.Event()
+
+        class Watch(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "went away" in record.getMessage():
+                    went_away.set()
+
+        watch = Watch()
+        logging.getLogger().addHandler(watch)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"email": '
+            )
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.wait_for(went_away.wait(), 10)
+        finally:
+            logging.getLogger().removeHandler(watch)
+    finally:
+        await runner.cleanup()
+        await drop_test_data(settings)
+    errors = [f"{record.name}: {record.getMessage()}" for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == []

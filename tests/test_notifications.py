@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import Account, Accounts
 from tests.helpers import error_of
 from tests.realtime import API, ids, send, send_to, unread
+from tidings.documents import Inbox
 from tidings.server.keys import audit_key, notifications_key
 
 UNKNOWN_ID = "0" * 24  # a well-formed ObjectId no document has
@@ -409,3 +412,26 @@ async def test_admin_change_notifies_the_user(client: TestClient[Any, Any], acco
     response = await client.patch(f"{API}/users/me", json={"bio": "hi"}, headers=user.headers)
     assert response.status == 200, await response.text()
     assert await unread(client, user) == 1
+
+
+async def test_concurrent_first_read_alls_all_succeed(
+    client: TestClient[Any, Any], accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten read-alls at once by a user with no inbox yet: one creates it, none fails (no duplicate key). Reading
+    the inbox is slowed down, so that without a lock all ten would find none and race to create it."""
+    admin, user = await accounts.user(admin=True), await accounts.user()
+    original_get = Inbox.get
+
+    async def slow_get(*args: Any, **kwargs: Any) -> Any:
+        found = await original_get(*args, **kwargs)
+        await asyncio.sleep(0.05)
+        return found
+
+    monkeypatch.setattr(Inbox, "get", slow_get)
+    await send(client, admin, broadcast=True)
+    await send_to(client, admin, user)
+    responses = await asyncio.gather(
+        *(client.post(f"{API}/notifications/read-all", headers=user.headers) for _ in range(10))
+    )
+    assert [response.status for response in responses] == [204] * 10
+    assert await unread(client, user) == 0

@@ -19,6 +19,7 @@ import jwt
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, WSServerHandshakeError
 from aiohttp.test_utils import TestClient
+from pymongo.errors import AutoReconnect
 
 import tidings.server.realtime.hub as hub_module
 from tests.conftest import REDIS_URL, Account, Accounts, AppFactory
@@ -225,14 +226,77 @@ async def test_oversized_frames_close_with_1009(make_client: AppFactory) -> None
     user = await accounts.user()
     async with client.ws_connect(WS, headers=user.headers) as ws:
         await ready(ws)
-        # (aiohttp refuses a frame of exactly max_msg_size bytes, so "at the limit" is not pinned here.)
+        envelope = len(json.dumps({"type": "ping", "pad": ""}))
+        at_the_limit = json.dumps({"type": "ping", "pad": "x" * (settings.ws_max_frame_bytes - envelope)})
+        assert len(at_the_limit) == settings.ws_max_frame_bytes
+        await ws.send_str(at_the_limit)
+        await next_of(ws, "pong")
         await ws.send_str(json.dumps({"type": "ping", "pad": "x" * (settings.ws_max_frame_bytes - 100)}))
         await next_of(ws, "pong")
-        await ws.send_str(json.dumps({"type": "ping", "pad": "x" * settings.ws_max_frame_bytes}))
+        one_more = json.dumps({"type": "ping", "pad": "x" * (settings.ws_max_frame_bytes + 1 - envelope)})
+        await ws.send_str(one_more)
         await expect_close(ws, 1009)
     async with client.ws_connect(WS) as ws:  # before authentication too
         await ws.send_str(json.dumps({"type": "auth", "token": "x" * settings.ws_max_frame_bytes}))
         await expect_close(ws, 1009)
+
+
+async def test_hostile_first_messages_close_with_documented_codes(client: TestClient[Any, Any]) -> None:
+    """Never an HTTP error written into the socket (which a client sees as 1002): a deeply nested first message
+    or a token that is not text is a bad first message."""
+    for first in ("[" * 3000 + "]" * 3000, '{"type": "auth", "token": "\\udc00"}', '{"type": "auth", "token": "NaN"}'):
+        async with client.ws_connect(WS) as ws:
+            await ws.send_str(first)
+            await expect_close(ws, 4401)
+    async with client.ws_connect(WS) as ws:
+        await ws.send_str('{"type": "auth", "token": "' + "\\udc00" * 100 + '"}')
+        await expect_close(ws, 4401)
+
+
+async def test_database_errors_on_an_open_socket_keep_it_open(
+    client: TestClient[Any, Any], accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `read` during a MongoDB outage answers service_unavailable and the socket stays open; a resume that
+    cannot read MongoDB closes with 4003 (reconnect and resume), never with an HTTP response in the socket."""
+    admin, user = await accounts.user(admin=True), await accounts.user()
+    sent = await send_to(client, admin, user)
+
+    async def outage(*args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("connection refused")
+
+    async with client.ws_connect(WS, headers=user.headers) as ws:
+        await ready(ws)
+        monkeypatch.setattr(NotificationService, "mark_read", outage)
+        for _ in range(15):  # more than the ten client mistakes tolerated: an outage is not the client's fault
+            await ws.send_json({"type": "read", "id": sent["id"]})
+            error = await next_of(ws, "error")
+            assert error["code"] == "service_unavailable", error
+        monkeypatch.undo()
+        await ws.send_json({"type": "read", "id": sent["id"]})
+        assert (await next_of(ws, "read"))["id"] == sent["id"]
+        monkeypatch.setattr(NotificationService, "after", outage)
+        await ws.send_json({"type": "resume", "after": sent["id"]})
+        await expect_close(ws, 4003)
+
+
+async def test_failed_opens_give_their_slot_back(make_client: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open that fails between registration and "ready" (here MongoDB is down when the unread count is read)
+    must not keep its slot: many such failures, and the user can still open every socket allowed."""
+    client, accounts, settings = await make_client(ws_max_per_user=3)
+    user = await accounts.user()
+
+    async def outage(*args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("connection refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(NotificationService, "unread_count", outage)
+        for _ in range(settings.ws_max_per_user * 3):
+            async with client.ws_connect(WS, headers=user.headers) as ws:
+                await expect_close(ws, 4000)
+    sockets = [await connect(client, user) for _ in range(settings.ws_max_per_user)]
+    for ws in sockets:
+        await pong(ws)
+        await ws.close()
 
 
 async def test_read_over_the_socket(client: TestClient[Any, Any], accounts: Accounts) -> None:
@@ -666,3 +730,22 @@ async def test_a_socket_that_never_resumes_stops_tracking_what_it_was_sent(
         assert await notifications_until(ws, sent[-1]["id"]) == sent
         [conn] = [conn for conns in hub._by_user.values() for conn in conns]
         assert conn.delivered is None
+
+
+async def test_a_flood_of_messages_is_refused_past_the_per_socket_limit(make_client: AppFactory) -> None:
+    """A client that sends 300 `read`s at once gets the burst served and the rest refused at once, instead of
+    holding the server to them one by one; the socket stays open, and tokens come back with time."""
+    client, accounts, settings = await make_client(ws_messages_per_second=5, ws_message_burst=10)
+    admin, user = await accounts.user(admin=True), await accounts.user()
+    sent = await send_to(client, admin, user)
+    async with client.ws_connect(WS, headers=user.headers) as ws:
+        await ready(ws)
+        for _ in range(300):
+            await ws.send_json({"type": "read", "id": sent["id"]})
+        answers = [await ws.receive_json(timeout=TIMEOUT) for _ in range(300)]
+        served = [answer for answer in answers if answer["type"] == "read"]
+        refused = [answer for answer in answers if answer.get("code") == "rate_limited"]
+        assert len(served) + len(refused) == 300, answers
+        assert settings.ws_message_burst <= len(served) < 40, len(served)
+        await asyncio.sleep(1.0 / settings.ws_messages_per_second * 2)  # tokens come back with time
+        await pong(ws)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 
 import redis.asyncio as aioredis
@@ -13,7 +13,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from tidings.server.adapters.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
+
+UNSENT_MAX = 10_000
 
 MessageCallback = Callable[[bytes], None]
 StateCallback = Callable[[], None]
@@ -91,6 +95,9 @@ class RedisBroker(Broker):
         super().__init__()
         self._prefix = prefix
         self._publisher = publisher
+        # What could not be published (Redis down, or a connection that died under the command), bounded.
+        self._unsent: deque[tuple[str, bytes]] = deque(maxlen=UNSENT_MAX)
+        self._unsent_waiting = asyncio.Event()
         # No hidden retries on the subscriber: a drop must be seen, so caches are distrusted until it is back.
         self._subscriber = aioredis.Redis.from_url(
             url, retry=Retry(NoBackoff(), 0), socket_keepalive=True, health_check_interval=15
@@ -103,13 +110,36 @@ class RedisBroker(Broker):
         try:
             await self._publisher.publish(self._channel(topic), payload)
         except (RedisError, OSError):
-            # Redis is unreachable: this process's own subscribers still hear it (a revocation closes local
-            # sockets, a notification reaches local sockets); other processes catch up when Redis returns.
+            # Redis is unreachable: this process's own subscribers hear it now (a revocation closes local sockets,
+            # a notification reaches local sockets), and the others once the message is published again. Consumers
+            # drop what they already had, so a message published twice is harmless.
             self._dispatch(topic, payload)
+            if len(self._unsent) == self._unsent.maxlen:
+                log.warning("the queue of messages to publish again is full; dropping the oldest")
+            self._unsent.append((topic, payload))
+            self._unsent_waiting.set()
             raise
+
+    async def _republish_forever(self) -> None:
+        """Publish again, in order, what could not be published, as soon as Redis takes it."""
+        delay = 0.05
+        while True:
+            await self._unsent_waiting.wait()
+            while self._unsent:
+                topic, payload = self._unsent[0]
+                try:
+                    await self._publisher.publish(self._channel(topic), payload)
+                except (RedisError, OSError):
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not a secret
+                    delay = min(delay * 2, 5.0)
+                    continue
+                delay = 0.05
+                self._unsent.popleft()
+            self._unsent_waiting.clear()
 
     async def run(self) -> None:
         delay = 0.05
+        republisher = asyncio.create_task(self._republish_forever(), name="broker-republisher")
         try:
             while True:
                 try:
@@ -121,6 +151,7 @@ class RedisBroker(Broker):
                 self._set_connected(False)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not a secret
         finally:
+            await cancel_and_wait(republisher)
             self._set_connected(False)
             await self._subscriber.aclose()
 

@@ -112,7 +112,8 @@ class Tokens:
                 issuer=ISSUER,
                 options={"require": REQUIRED_CLAIMS},
             )
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, UnicodeError, ValueError) as exc:
+            # UnicodeError: a header or message whose text is not UTF-8 (lone surrogates) cannot be a token.
             raise InvalidTokenError(str(exc)) from None
         sub, sid, jti, ver = payload["sub"], payload["sid"], payload["jti"], payload["ver"]
         if not (isinstance(sub, str) and isinstance(sid, str) and isinstance(jti, str) and type(ver) is int):

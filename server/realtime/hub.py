@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,8 @@ MAX_TRACKED = 64
 # it remembers: a publish follows its insert by milliseconds, so only the newest few can still be in flight.
 REPLAYED_MEMORY_SECONDS = 60.0
 MAX_REPLAYED_REMEMBERED = 1000
+# Notification ids this process has delivered lately: a message published twice (a retried publish) is dropped.
+SEEN_MAX = 10_000
 
 
 class Connection:
@@ -108,6 +111,8 @@ class Hub:
         # Every socket, authenticated or not, so shutdown can close them all.
         self._sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._replay_slots = asyncio.Semaphore(settings.replay_concurrency)
         broker.subscribe(NOTIFY_TOPIC, self._on_notify)
         broker.subscribe(AUTH_TOPIC, self._on_auth)
         broker.on_connect(self._on_broker_connect)
@@ -217,6 +222,11 @@ class Hub:
             log.warning("dropped a malformed notification message: %s", exc)
             return
         for recipient, notification in deliveries:
+            if notification["id"] in self._seen:
+                continue
+            self._seen[notification["id"]] = None
+            if len(self._seen) > SEEN_MAX:
+                self._seen.popitem(last=False)
             frame = notification_frame(notification)
             if recipient is None:
                 # Broadcasts reach users who existed when it was sent: ids are ordered by creation.
@@ -284,18 +294,19 @@ class Hub:
         sent, conn.delivered = set(conn.delivered or ()) | skip, None
         replayed: list[str] = []
         try:
-            while user_oid is not None and after_oid is not None and not conn.closing:
-                batch = await self._notifications.after(user_oid, after_oid, REPLAY_BATCH)
-                for notification in batch:
-                    if notification["id"] not in sent:
-                        self._write(conn, notification["id"], notification_frame(notification))
-                        sent.add(notification["id"])
-                        replayed.append(notification["id"])
-                if len(batch) < REPLAY_BATCH:
-                    break
-                next_oid = parse_object_id(batch[-1]["id"])
-                assert next_oid is not None
-                after_oid = next_oid
+            async with self._replay_slots:  # a storm of replays is paced, so the API keeps its share of MongoDB
+                while user_oid is not None and after_oid is not None and not conn.closing:
+                    batch = await self._notifications.after(user_oid, after_oid, REPLAY_BATCH)
+                    for notification in batch:
+                        if notification["id"] not in sent:
+                            self._write(conn, notification["id"], notification_frame(notification))
+                            sent.add(notification["id"])
+                            replayed.append(notification["id"])
+                    if len(batch) < REPLAY_BATCH:
+                        break
+                    next_oid = parse_object_id(batch[-1]["id"])
+                    assert next_oid is not None
+                    after_oid = next_oid
             conn.pending = [(nid, frame) for nid, frame in conn.pending or [] if nid not in sent]
         finally:
             self._remember_replayed(conn, replayed)

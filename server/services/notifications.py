@@ -19,6 +19,7 @@ from tidings.documents.ids import new_id, parse_object_id
 from tidings.server.adapters.broker import Broker
 from tidings.server.adapters.codecs import NOTIFY_TOPIC, encode_notifications
 from tidings.server.adapters.errors import NotFound, ValidationFailed
+from tidings.server.adapters.locks import Locks
 from tidings.server.adapters.pagination import newest_first
 from tidings.server.services.audit import Actor, AuditLog
 from tidings.server.services.recipients import resolve_recipients
@@ -85,6 +86,7 @@ class DispatchStats:
 class NotificationService:
     broker: Broker
     audit: AuditLog
+    locks: Locks
 
     async def send(
         self,
@@ -235,11 +237,19 @@ class NotificationService:
         if not newest or newest[0].id is None:
             return
         watermark = newest[0].id
-        inbox = await Inbox.get(user_id)
-        if inbox is None:
-            await Inbox(id=user_id, broadcasts_read_through=watermark).save()
-        elif inbox.broadcasts_read_through is None or inbox.broadcasts_read_through < watermark:
-            await inbox.set({Inbox.broadcasts_read_through: watermark})
+        # One writer per inbox: concurrent read-alls would race to create it (a duplicate key), and on FerretDB
+        # an update could overwrite a newer watermark with an older one.
+        async with self.locks.hold(f"inbox:{user_id}"):
+            inbox = await Inbox.get(user_id)
+            if inbox is None:
+                try:
+                    await Inbox(id=user_id, broadcasts_read_through=watermark).insert()
+                except DuplicateKeyError:  # created meanwhile by a process that could not take the lock
+                    inbox = await Inbox.get(user_id)
+            if inbox is not None and (
+                inbox.broadcasts_read_through is None or inbox.broadcasts_read_through < watermark
+            ):
+                await inbox.set({Inbox.broadcasts_read_through: watermark})
         await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$lte": watermark}}).delete()
 
     async def dispatches(self, *, before: str | None = None, limit: int = 20) -> tuple[list[DispatchStats], str | None]:
