@@ -45,9 +45,9 @@ def take_flash(request: web.Request) -> dict[str, str] | None:
         return None
     try:
         message = json.loads(base64.urlsafe_b64decode(raw.encode()))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         return None
-    if not isinstance(message, dict) or message.get("kind") not in {"success", "error"}:
+    if not isinstance(message, dict) or message.get("kind") not in ("success", "error"):
         return None
     return {"kind": message["kind"], "text": str(message.get("text", ""))[:500]}
 

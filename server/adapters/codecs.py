@@ -42,7 +42,10 @@ def decode_auth(message: bytes) -> AuthChange:
     kind = _AUTH_KINDS.get(message[:2])
     if kind is None:
         raise MalformedMessage(f"not an auth message: {message[:40]!r}")
-    return AuthChange(kind, message[2:].decode())
+    try:
+        return AuthChange(kind, message[2:].decode())
+    except UnicodeDecodeError:
+        raise MalformedMessage(f"an auth message whose key is not text: {message[:40]!r}") from None
 
 
 def encode_notifications(deliveries: Iterable[Delivery]) -> bytes:
@@ -52,8 +55,8 @@ def encode_notifications(deliveries: Iterable[Delivery]) -> bytes:
 def decode_notifications(message: bytes) -> list[Delivery]:
     try:
         batch = json.loads(message)
-    except ValueError as exc:
-        raise MalformedMessage(f"not a notification batch: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage(f"not a notification batch: {exc!r:.100}") from None
     if not isinstance(batch, list):
         raise MalformedMessage("a notification batch is a list")
     deliveries: list[Delivery] = []

@@ -1,0 +1,1 @@
+"""Unit tests: pure code only, no MongoDB and no Redis (run them with `pytest -m unit tests/unit`)."""

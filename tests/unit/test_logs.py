@@ -1,0 +1,136 @@
+"""server/logs.py: JsonFormatter writes one JSON object per record, with the request id it belongs to."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import pytest
+from aiohttp.http_exceptions import LineTooLong
+
+from tidings.server.logs import JsonFormatter, MalformedRequestFilter, request_id_var
+
+pytestmark = pytest.mark.unit
+
+LOGGER = "tidings.unit"
+
+
+def record(msg: str = "hello %s", args: tuple[Any, ...] = ("world",), **kwargs: Any) -> logging.LogRecord:
+    logger = logging.getLogger(LOGGER)
+    return logger.makeRecord(
+        LOGGER,
+        kwargs.pop("level", logging.INFO),
+        __file__,
+        10,
+        msg,
+        args,
+        kwargs.pop("exc_info", None),
+        extra=kwargs.pop("extra", None),
+    )
+
+
+def formatted(entry: logging.LogRecord) -> dict[str, Any]:
+    line = JsonFormatter().format(entry)
+    assert "\n" not in line, "one record, one line"
+    parsed: dict[str, Any] = json.loads(line)
+    return parsed
+
+
+def test_a_record_is_one_object_with_time_level_logger_and_message() -> None:
+    entry = record(level=logging.WARNING)
+    entry.created = 1_700_000_000.123456
+    assert formatted(entry) == {
+        "time": "2023-11-14T22:13:20.123+00:00",
+        "level": "WARNING",
+        "logger": LOGGER,
+        "message": "hello world",
+    }
+
+
+def test_no_request_id_outside_a_request() -> None:
+    assert request_id_var.get() is None
+    assert "request_id" not in formatted(record())
+
+
+def test_the_request_id_comes_from_the_context() -> None:
+    token = request_id_var.set("req-123")
+    try:
+        assert formatted(record())["request_id"] == "req-123"
+    finally:
+        request_id_var.reset(token)
+    assert "request_id" not in formatted(record())
+
+
+def test_a_request_id_on_the_record_wins_over_the_context() -> None:
+    """The access log passes the id of the response it logs, whatever the context holds."""
+    token = request_id_var.set("from-context")
+    try:
+        assert formatted(record(extra={"request_id": "from-record"}))["request_id"] == "from-record"
+    finally:
+        request_id_var.reset(token)
+
+
+def test_extra_fields_are_included_and_unserialisable_values_become_strings() -> None:
+    entry = formatted(record(extra={"user_id": "u1", "count": 3, "ratio": 0.5, "tags": ["a"], "when": object}))
+    assert (entry["user_id"], entry["count"], entry["ratio"], entry["tags"]) == ("u1", 3, 0.5, ["a"])
+    assert entry["when"] == str(object)
+
+
+def test_extra_fields_do_not_overwrite_the_standard_ones() -> None:
+    entry = formatted(record(extra={"level": "FAKE", "logger": "fake", "time": "never"}))
+    assert (entry["level"], entry["logger"]) == ("INFO", LOGGER)
+    assert entry["time"] != "never"
+
+
+def test_logging_internals_are_left_out() -> None:
+    entry = formatted(record())
+    for internal in ("msg", "args", "pathname", "lineno", "levelno", "created", "thread", "process", "exc_text"):
+        assert internal not in entry
+
+
+def test_an_exception_is_formatted_in_exc_info() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        entry = formatted(record("failed", (), level=logging.ERROR, exc_info=sys.exc_info()))
+    assert entry["message"] == "failed"
+    assert entry["exc_info"].startswith("Traceback (most recent call last):")
+    assert entry["exc_info"].endswith("ValueError: boom")
+
+
+def test_no_exc_info_key_without_an_exception() -> None:
+    assert "exc_info" not in formatted(record())
+
+
+def test_messages_with_quotes_and_new_lines_stay_valid_json() -> None:
+    assert formatted(record('a "quoted"\nline %s', ("é",)))["message"] == 'a "quoted"\nline é'
+
+
+def test_a_malformed_request_is_one_info_line_without_traceback() -> None:
+    """aiohttp logs an over-long header as an error with a traceback; it is the client's mistake."""
+    try:
+        raise LineTooLong(b"x" * 10, "8190")
+    except LineTooLong:
+        record = logging.getLogger("aiohttp.server").makeRecord(
+            "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request from %s", ("1.2.3.4",), sys.exc_info()
+        )
+    assert MalformedRequestFilter().filter(record)
+    assert record.levelno == logging.INFO
+    assert record.exc_info is None
+    assert "malformed request refused" in record.getMessage()
+    line = json.loads(JsonFormatter().format(record))
+    assert "exc_info" not in line
+
+
+def test_other_server_errors_keep_their_traceback() -> None:
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        record = logging.getLogger("aiohttp.server").makeRecord(
+            "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request", (), sys.exc_info()
+        )
+    assert MalformedRequestFilter().filter(record)
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None
