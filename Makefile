@@ -28,6 +28,8 @@ test: services
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@# Pure code needs no service: its tests pass with MongoDB and Redis unreachable.
+	MONGODB_URL=mongodb://127.0.0.1:1 REDIS_URL=redis://127.0.0.1:1 $(BIN)/pytest -m unit -q -p no:cacheprovider
 	$(BIN)/pytest
 
 lint: $(STAMP)
