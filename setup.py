@@ -56,6 +56,10 @@ setup(
             "pytest-aiohttp>=1.1,<2",
             "pytest-asyncio>=1.0,<2",
             "playwright>=1.50,<2",
+            # tests/test_fuzz.py: requests generated from the OpenAPI document (written against schemathesis 4.32).
+            "schemathesis>=4.32,<5",
+            "hypothesis>=6.130,<7",
+            "requests>=2.22,<3",
         ],
         "dev": [
             "ruff>=0.8",

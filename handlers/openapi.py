@@ -8,11 +8,12 @@ import marshmallow as m
 from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec
 from aiohttp_apigami.constants import APISPEC_PARSER
+from apispec import BasePlugin
 from webargs.aiohttpparser import AIOHTTPParser, is_json_request
 from webargs.core import missing
 
 from tidings.handlers.json_input import InvalidJson, parse_json
-from tidings.handlers.schemas import ErrorSchema
+from tidings.handlers.schemas import MAX_RECIPIENTS, ErrorSchema, SendNotificationSchema
 from tidings.server.adapters.errors import BadRequest, ValidationFailed
 from tidings.server.keys import validated_key
 
@@ -28,6 +29,20 @@ _ERROR_DESCRIPTIONS = {
 }
 
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+
+# SendNotificationSchema.one_audience, in words and in JSON Schema (OpenAPI 3.0.3): broadcast: true, or named
+# recipients, not both (both oneOf branches would match) and not neither (none would). The total it cannot state.
+# (Not the schema's Meta.description: with one, apispec 6 leaves out additionalProperties: false.)
+SEND_AUDIENCE: dict[str, Any] = {
+    "description": (
+        "The audience is named recipients or everyone, never both: user_ids, emails and/or usernames (each "
+        f"non-empty if given, together 1 to {MAX_RECIPIENTS} recipients), or broadcast: true."
+    ),
+    "oneOf": [
+        {"required": ["broadcast"], "properties": {"broadcast": {"enum": [True]}}},
+        {"anyOf": [{"required": ["user_ids"]}, {"required": ["emails"]}, {"required": ["usernames"]}]},
+    ],
+}
 
 
 def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
@@ -68,6 +83,20 @@ class Parser(AIOHTTPParser):
         raise ValidationFailed(details=messages)
 
 
+class OperationsAsServed(BasePlugin):
+    """Each operation as the server treats it, where apigami says otherwise: every request body is required (each
+    request schema has a required field or refuses to change nothing, so a request without one is a 422), and no
+    Swagger 2 `produces` (apigami's @docs adds it, and no valid OpenAPI 3 operation has one)."""
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        for operation in (operations or {}).values():
+            operation.pop("produces", None)
+            if "requestBody" in operation:
+                operation["requestBody"]["required"] = True
+
+
 def setup_openapi(app: web.Application) -> None:
     spec = AiohttpApiSpec(
         title="tidings",
@@ -81,5 +110,9 @@ def setup_openapi(app: web.Application) -> None:
     )
     spec.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     spec.spec.components.schema("ErrorSchema", schema=ErrorSchema)
+    # Registered ahead of its operation (under the name apigami would give it) to add what marshmallow cannot say.
+    spec.spec.components.schema("SendNotification", SEND_AUDIENCE, schema=SendNotificationSchema)
+    # apispec runs every plugin's operation_helper once apigami's path_helper has built the operation.
+    spec.spec.plugins = (*spec.spec.plugins, OperationsAsServed())
     spec.register(app)
     app[APISPEC_PARSER] = Parser()

@@ -15,6 +15,8 @@ NAME_LENGTH = validate.Length(max=100)
 BIO_LENGTH = validate.Length(max=1000)
 MAX_RECIPIENTS = 1000
 RECIPIENT_COUNT = validate.Length(min=1, max=MAX_RECIPIENTS)
+# The ids parse_object_id accepts, as the OpenAPI document states them.
+OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
 
 
 class StrictSchema(Schema):
@@ -26,6 +28,11 @@ class StrictSchema(Schema):
 
 class ObjectIdField(fields.String):
     """A MongoDB ObjectId as 24 hexadecimal characters."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Documentation only (the OpenAPI document's pattern): _deserialize is what checks the id.
+        kwargs["metadata"] = {"pattern": OBJECT_ID_PATTERN, **(kwargs.get("metadata") or {})}
+        super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text: str = super()._deserialize(value, attr, data, **kwargs)
@@ -161,6 +168,7 @@ class SendNotificationSchema(StrictSchema):
     )
     broadcast = StrictBoolean(load_default=False)
 
+    # The OpenAPI document states this rule too (SEND_AUDIENCE in handlers/openapi.py): keep the two in step.
     @validates_schema
     def one_audience(self, data: dict[str, Any], **kwargs: Any) -> None:
         named = sum(len(data.get(field) or ()) for field in ("user_ids", "emails", "usernames"))

@@ -130,6 +130,28 @@ async def test_request_schemas_are_the_validating_ones(spec: dict[str, Any]) -> 
         assert not any("password" in field for field in schemas[name]["properties"]), name
 
 
+async def test_the_document_states_what_the_server_enforces(spec: dict[str, Any]) -> None:
+    """Id formats, required bodies, unknown fields refused, and a notification's audience (the fuzzer relies on it)."""
+    schemas = spec["components"]["schemas"]
+    object_id = {"type": "string", "pattern": "^[0-9a-fA-F]{24}$"}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert "produces" not in operation, (method, path)  # Swagger 2 only: not valid in OpenAPI 3
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] in {"user_id", "notification_id", "before"}:
+                    assert parameter["schema"] == object_id, (method, path, parameter)
+            if "requestBody" in operation:
+                assert operation["requestBody"]["required"] is True, (method, path)
+                ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                assert schemas[ref.rsplit("/", 1)[1]]["additionalProperties"] is False, (method, path)
+    send = schemas["SendNotification"]
+    assert send["properties"]["user_ids"]["items"] == object_id
+    assert "broadcast: true" in send["description"]
+    broadcast, named = send["oneOf"]
+    assert broadcast == {"required": ["broadcast"], "properties": {"broadcast": {"enum": [True]}}}
+    assert named == {"anyOf": [{"required": [field]} for field in ("user_ids", "emails", "usernames")]}
+
+
 async def test_swagger_ui_page(client: TestClient[Any, Any]) -> None:
     response = await client.get("/api/docs")
     assert response.status == 200
