@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pymongo
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
@@ -28,12 +29,10 @@ from tidings.server.keys import (
     authenticator_key,
     broker_key,
     gauge_key,
-    hash_executor_key,
     hub_key,
     limiter_key,
     mongo_key,
     notifications_key,
-    passwords_key,
     redis_key,
     sessions_key,
     settings_key,
@@ -70,12 +69,19 @@ async def _retry_until_ready(what: str, probe: Callable[[], Awaitable[object]], 
 
 async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
+    # timeoutMS bounds every operation, so a MongoDB that hangs (rather than refuses) gives 503s, not waits.
+    timeout_ms = int(settings.mongodb_timeout * 1000)
     client: AsyncMongoClient[Any] = AsyncMongoClient(
-        settings.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=5000, appname="tidings"
+        settings.mongodb_url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        timeoutMS=timeout_ms,
+        appname="tidings",
     )
     try:
         await _retry_until_ready("MongoDB", lambda: client.admin.command("ping"), settings.startup_timeout)
-        await init_database(client[settings.mongodb_db])
+        with pymongo.timeout(settings.startup_timeout):  # creating indexes may take longer than a request
+            await init_database(client[settings.mongodb_db])
         app[mongo_key] = client
         yield
     finally:
@@ -105,9 +111,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     """The service objects handlers call, and the thread pool that hashes passwords."""
     settings = app[settings_key]
     executor = ThreadPoolExecutor(settings.password_hash_threads, thread_name_prefix="argon2")
-    app[hash_executor_key] = executor
     passwords = Passwords(settings, executor)
-    app[passwords_key] = passwords
     authenticator = Authenticator(app[tokens_key], app[broker_key])
     app[authenticator_key] = authenticator
     locks = Locks(app.get(redis_key), settings.redis_prefix, settings.lock_timeout)
@@ -141,7 +145,8 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         # FerretDB lacks TTL indexes, so expired sessions are deleted here.
         while True:
             try:
-                deleted = await app[sessions_key].delete_expired()
+                with pymongo.timeout(app[settings_key].session_sweep_interval):  # a sweep may scan for long
+                    deleted = await app[sessions_key].delete_expired()
                 if deleted:
                     log.info("deleted expired sessions", extra={"count": deleted})
             except Exception:

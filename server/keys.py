@@ -1,6 +1,5 @@
 """Typed keys for everything the app and its requests carry."""
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -9,7 +8,7 @@ from pymongo import AsyncMongoClient
 
 from tidings.server.adapters.broker import Broker
 from tidings.server.adapters.ratelimit import RateLimiter
-from tidings.server.adapters.security import Passwords, Tokens
+from tidings.server.adapters.security import Tokens
 from tidings.server.realtime.gauge import ConnectionGauge
 from tidings.server.realtime.hub import Hub
 from tidings.server.services.accounts import AccountService
@@ -24,8 +23,6 @@ mongo_key: web.AppKey[AsyncMongoClient[Any]] = web.AppKey("mongo", AsyncMongoCli
 redis_key = web.AppKey("redis", aioredis.Redis)
 broker_key = web.AppKey("broker", Broker)
 limiter_key = web.AppKey("limiter", RateLimiter)
-hash_executor_key = web.AppKey("hash_executor", ThreadPoolExecutor)
-passwords_key = web.AppKey("passwords", Passwords)
 tokens_key = web.AppKey("tokens", Tokens)
 authenticator_key = web.AppKey("authenticator", Authenticator)
 sessions_key = web.AppKey("sessions", SessionService)

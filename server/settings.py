@@ -123,6 +123,8 @@ class Settings:
     lock_timeout: float = 10.0
     # /health/ready waits this long for each dependency.
     health_probe_timeout: float = 2.0
+    # Every MongoDB operation gives up after this long (then the API answers 503 with Retry-After).
+    mongodb_timeout: float = 5.0
     # A pooled Redis connection idle for longer than this is pinged before reuse (stale after a Redis restart).
     redis_health_check_interval: float = 2.0
     # Replays (resume, and the catch-up after a broker outage) that read MongoDB at once, per process: a storm of
@@ -178,6 +180,7 @@ class Settings:
             session_sweep_interval=_seconds(env, "SESSION_SWEEP_INTERVAL", cls.session_sweep_interval),
             lock_timeout=_seconds(env, "LOCK_TIMEOUT", cls.lock_timeout),
             health_probe_timeout=_seconds(env, "HEALTH_PROBE_TIMEOUT", cls.health_probe_timeout),
+            mongodb_timeout=_seconds(env, "MONGODB_TIMEOUT", cls.mongodb_timeout),
             redis_health_check_interval=_seconds(env, "REDIS_HEALTH_CHECK_INTERVAL", cls.redis_health_check_interval),
             replay_concurrency=_int(env, "REPLAY_CONCURRENCY", cls.replay_concurrency),
             startup_timeout=_seconds(env, "STARTUP_TIMEOUT", cls.startup_timeout),

@@ -1,7 +1,8 @@
-"""Server processes for the tests and the benchmarks: a port, an environment, a data set of their own, start and stop.
+"""Server processes for the tests and the benchmarks: a port, an environment, a data set of their own, start and stop;
+and backing services of a test's own (redis-server, FerretDB) that a fault drill may kill and start again.
 
-Imported by tests/ (live_server, test_multiprocess, test_wheel, test_cli) and by bench/common.py, so it needs
-nothing from pytest. MONGODB_URL and REDIS_URL say where the services are (default: the project's local ones).
+Imported by tests/ (live_server, test_multiprocess, test_wheel, test_cli, test_drills) and by bench/common.py, so it
+needs nothing from pytest. MONGODB_URL and REDIS_URL say where the services are (default: the project's local ones).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 if TYPE_CHECKING:
     from tidings.server.settings import Settings
@@ -31,6 +34,8 @@ HOST = "127.0.0.1"
 MONGODB_URL = os.environ.get("MONGODB_URL") or "mongodb://127.0.0.1:27017"
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 TIDINGS = Path(sys.executable).with_name("tidings")  # the console script next to this interpreter (.venv/bin)
+# Built by scripts/install-system.sh; the project's FerretDB, and any a test starts of its own.
+FERRETDB = Path(__file__).resolve().parents[1] / ".cache" / "bin" / "ferretdb-v1.24.2"
 START_TIMEOUT = 60.0  # a cold start imports a lot; every wait ends as soon as the server answers
 STOP_TIMEOUT = 15.0
 CLI_TIMEOUT = 60.0
@@ -255,6 +260,140 @@ def wait_ready(*servers: ServerProcess, timeout: float = START_TIMEOUT) -> None:
             raise LaunchError("\n".join(f"{s.name} not ready within {timeout:.0f}s:\n{s.tail()}" for s in waiting))
         # The process gives no signal when it listens, so poll briefly.
         time.sleep(0.1)
+
+
+# Backing services of a test's own
+
+
+class ServiceProcess:
+    """A redis-server or FerretDB of a test's own, on a port of its own, so the test can kill, pause or stop it and
+    start it again on the same port (its clients see a restart). Never one of the project's shared services.
+
+    `start` returns once the service answers; every wait is bounded.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], log_dir: Path, port: int) -> None:
+        self.name = name
+        self.argv = [*argv]
+        self.port = port
+        self.log = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def answers(self) -> bool:
+        """Whether the service answers a ping now."""
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start it (again, after a kill or stop) and wait until it answers."""
+        assert not self.running, f"{self.name} is running already"
+        with self.log.open("ab") as log:  # appended: a restart keeps the earlier lines
+            self.process = subprocess.Popen(  # noqa: S603 - our own command line
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if self.process.poll() is not None:
+                raise LaunchError(f"{self.name} exited with status {self.process.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise LaunchError(f"{self.name} did not answer on port {self.port} within {timeout:.0f}s")
+            time.sleep(0.05)  # a service gives no signal when it listens, so poll briefly
+
+    def kill(self) -> None:
+        """SIGKILL: gone at once, its connections dropped, nothing flushed."""
+        if self.running:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM (a paused process is continued first, so it can act on it), then SIGKILL after `timeout`."""
+        if not self.running:
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP: the port stays open and connections stay up, but nothing is answered until `resume`."""
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGCONT)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class RedisProcess(ServiceProcess):
+    """`redis-server` on 127.0.0.1:<port>, in memory only (no RDB, no AOF): a restart starts empty."""
+
+    def __init__(self, log_dir: Path, *, name: str = "redis", port: int | None = None) -> None:
+        port = free_port() if port is None else port
+        binary = shutil.which("redis-server") or "redis-server"
+        data = log_dir / f"{name}-data"
+        data.mkdir(parents=True, exist_ok=True)
+        argv = [binary, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(data)]
+        super().__init__(name, argv, log_dir, port)
+
+    @staticmethod
+    def installed() -> bool:
+        return shutil.which("redis-server") is not None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def client(self, timeout: float = 1.0) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def answers(self) -> bool:
+        try:
+            with contextlib.closing(self.client()) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+
+class FerretDBProcess(ServiceProcess):
+    """FerretDB (FERRETDB) on 127.0.0.1:<port> with its SQLite files in `data_dir`, kept across restarts."""
+
+    def __init__(self, log_dir: Path, data_dir: Path, *, name: str = "ferretdb", port: int | None = None) -> None:
+        port = free_port() if port is None else port
+        argv = [str(FERRETDB), "-listen", f"{HOST}:{port}", "-data", str(data_dir), "-log-level", "warn"]
+        super().__init__(name, argv, log_dir, port)
+
+    @staticmethod
+    def installed() -> bool:
+        return FERRETDB.is_file()
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://{HOST}:{self.port}"
+
+    def answers(self) -> bool:
+        client: MongoClient[Any] = MongoClient(self.url, serverSelectionTimeoutMS=500, connectTimeoutMS=500)
+        try:
+            with client:
+                client.admin.command("ping")
+                return True
+        except PyMongoError:
+            return False
 
 
 # The CLI
