@@ -190,8 +190,6 @@ class Hub:
         """Register an authenticated socket; False when its user is at the connection limit."""
         conns = self._by_user.setdefault(conn.user_id, [])
         if len(conns) >= self._settings.ws_max_per_user:
-            if not conns:
-                del self._by_user[conn.user_id]
             return False
         conns.append(conn)
         if self._outage is not None:

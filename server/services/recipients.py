@@ -38,23 +38,19 @@ async def resolve_recipients(
             lambda user: user.username_key,
         ),
     )
-    resolved: list[PydanticObjectId | None] = [
-        *(by_id.get(oid) for oid in oids),
-        *(by_email.get(email_key(email)) for email in wanted_emails),
-        *(by_username.get(username_key(name)) for name in wanted_usernames),
-    ]
+    found: dict[str, tuple[list[str], list[PydanticObjectId | None]]] = {
+        "user_ids": (wanted_ids, [by_id.get(oid) for oid in oids]),
+        "emails": (wanted_emails, [by_email.get(email_key(email)) for email in wanted_emails]),
+        "usernames": (wanted_usernames, [by_username.get(username_key(name)) for name in wanted_usernames]),
+    }
     unknown: dict[str, Any] = {}
-    for field, names, keyed in (
-        ("user_ids", wanted_ids, [str(oid) if oid in by_id else None for oid in oids]),
-        ("emails", wanted_emails, [by_email.get(email_key(email)) for email in wanted_emails]),
-        ("usernames", wanted_usernames, [by_username.get(username_key(name)) for name in wanted_usernames]),
-    ):
-        missing = [name for name, found in zip(names, keyed, strict=True) if found is None]
+    for field, (names, ids) in found.items():
+        missing = [name for name, oid in zip(names, ids, strict=True) if oid is None]
         if missing:
             unknown[field] = {"unknown": missing}
     if unknown:
         raise ValidationFailed("Some recipients do not exist.", details=unknown)
-    return list(dict.fromkeys(oid for oid in resolved if oid is not None))
+    return list(dict.fromkeys(oid for _, ids in found.values() for oid in ids if oid is not None))
 
 
 async def _found(
