@@ -42,6 +42,23 @@ class ObjectIdField(fields.String):
         return str(oid)  # one spelling (lower case) of each id, so ids compare as strings
 
 
+class Text(fields.String):
+    """Text a person reads (a title, a name, a bio): white space around it is stripped before any rule applies, so
+    a title of only spaces is empty. With `blank_is_none`, text that is empty after stripping is stored as null."""
+
+    def __init__(self, *, blank_is_none: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.blank_is_none = blank_is_none
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | None:
+        text: str = super()._deserialize(value, attr, data, **kwargs).strip()
+        return None if self.blank_is_none and not text else text
+
+    def _validate(self, value: Any) -> None:
+        if value is not None:  # blank, now null: the length rules are for text
+            super()._validate(value)
+
+
 class StrictBoolean(fields.Boolean):
     """JSON true or false only; not 1, "yes" or "true"."""
 
@@ -58,7 +75,7 @@ class RegisterSchema(StrictSchema):
     email = fields.Email(required=True, validate=EMAIL_LENGTH)
     username = fields.String(required=True, validate=USERNAME)
     password = fields.String(required=True, validate=PASSWORD, load_only=True)
-    full_name = fields.String(load_default=None, allow_none=True, validate=NAME_LENGTH)
+    full_name = Text(load_default=None, allow_none=True, blank_is_none=True, validate=NAME_LENGTH)
 
 
 class LoginSchema(StrictSchema):
@@ -73,8 +90,8 @@ class RefreshSchema(StrictSchema):
 class UpdateMeSchema(StrictSchema):
     email = fields.Email(validate=EMAIL_LENGTH)
     username = fields.String(validate=USERNAME)
-    full_name = fields.String(allow_none=True, validate=NAME_LENGTH)
-    bio = fields.String(allow_none=True, validate=BIO_LENGTH)
+    full_name = Text(allow_none=True, blank_is_none=True, validate=NAME_LENGTH)
+    bio = Text(allow_none=True, blank_is_none=True, validate=BIO_LENGTH)
     password = fields.String(validate=PASSWORD, load_only=True)
     current_password = fields.String(validate=validate.Length(max=128), load_only=True)
 
@@ -87,8 +104,8 @@ class UpdateMeSchema(StrictSchema):
 class AdminUpdateUserSchema(StrictSchema):
     email = fields.Email(validate=EMAIL_LENGTH)
     username = fields.String(validate=USERNAME)
-    full_name = fields.String(allow_none=True, validate=NAME_LENGTH)
-    bio = fields.String(allow_none=True, validate=BIO_LENGTH)
+    full_name = Text(allow_none=True, blank_is_none=True, validate=NAME_LENGTH)
+    bio = Text(allow_none=True, blank_is_none=True, validate=BIO_LENGTH)
     password = fields.String(validate=PASSWORD, load_only=True)
     is_active = StrictBoolean()
     is_admin = StrictBoolean()
@@ -157,7 +174,7 @@ class HealthSchema(Schema):
 
 
 class SendNotificationSchema(StrictSchema):
-    title = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    title = Text(required=True, validate=validate.Length(min=1, max=200, error="1 to 200 characters, not only spaces."))
     body = fields.String(required=True, validate=validate.Length(max=5000))
     data = fields.Dict(keys=fields.String(validate=validate.Length(max=100)), load_default=None, allow_none=True)
     # Recipients by id, email or username (together at most MAX_RECIPIENTS), or everyone with broadcast: true.

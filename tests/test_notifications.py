@@ -435,3 +435,18 @@ async def test_concurrent_first_read_alls_all_succeed(
     )
     assert [response.status for response in responses] == [204] * 10
     assert await unread(client, user) == 0
+
+
+async def test_a_title_of_only_spaces_is_refused_and_titles_are_stripped(
+    client: TestClient[Any, Any], accounts: Accounts
+) -> None:
+    admin, user = await accounts.user(admin=True), await accounts.user()
+    for title in ("   ", "\t\n ", ""):
+        response = await client.post(
+            f"{API}/notifications", json={"title": title, "body": "b", "user_ids": [user.id]}, headers=admin.headers
+        )
+        error = await error_of(response, 422, "validation_error")
+        assert "title" in error["details"], error
+    [sent] = await send(client, admin, user_ids=[user.id], title="  Hello  ")
+    assert sent["title"] == "Hello"
+    assert await unread(client, user) == 1

@@ -236,3 +236,18 @@ def test_update_me_refuses(data: dict[str, Any]) -> None:
 def test_admin_update_takes_json_booleans_only(value: object) -> None:
     assert "is_active" in errors(AdminUpdateUserSchema(), {"is_active": value})
     assert AdminUpdateUserSchema().load({"is_active": False}) == {"is_active": False}
+
+
+@pytest.mark.parametrize(
+    ("raw", "loaded"), [("  Ada  ", "Ada"), ("   ", None), ("", None), ("\tA B\n", "A B"), (None, None)]
+)
+def test_names_and_bios_are_stripped_and_blank_is_null(raw: str | None, loaded: str | None) -> None:
+    data = UpdateMeSchema().load({"full_name": raw, "bio": raw})
+    assert data == {"full_name": loaded, "bio": loaded}
+
+
+def test_a_blank_title_is_refused_and_a_title_is_stripped() -> None:
+    with pytest.raises(ValidationError) as refused:
+        SendNotificationSchema().load({"title": "   ", "body": "b", "broadcast": True})
+    assert "title" in refused.value.messages_dict
+    assert SendNotificationSchema().load({"title": " T ", "body": "b", "broadcast": True})["title"] == "T"
