@@ -23,6 +23,7 @@ def setup_routes(app: web.Application) -> None:
 
     app.router.add_get(f"{API}/users/me", users.get_me)
     app.router.add_patch(f"{API}/users/me", users.patch_me)
+    app.router.add_delete(f"{API}/users/me", users.delete_me)
     app.router.add_get(f"{API}/users", users.list_users)
     app.router.add_get(f"{API}/users/{{user_id}}", users.get_user)
     app.router.add_patch(f"{API}/users/{{user_id}}", users.patch_user)

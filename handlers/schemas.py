@@ -101,6 +101,10 @@ class UpdateMeSchema(StrictSchema):
             raise ValidationError("Nothing to change.")
 
 
+class DeleteMeSchema(StrictSchema):
+    current_password = fields.String(required=True, validate=validate.Length(max=128), load_only=True)
+
+
 class AdminUpdateUserSchema(StrictSchema):
     email = fields.Email(validate=EMAIL_LENGTH)
     username = fields.String(validate=USERNAME)

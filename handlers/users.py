@@ -6,6 +6,7 @@ from aiohttp_apigami import docs, match_info_schema, querystring_schema, request
 from tidings.handlers.openapi import BEARER, error_responses
 from tidings.handlers.schemas import (
     AdminUpdateUserSchema,
+    DeleteMeSchema,
     UpdateMeSchema,
     UserIdSchema,
     UserListQuerySchema,
@@ -46,6 +47,25 @@ async def patch_me(request: web.Request) -> web.Response:
     user = await accounts.get(request[principal_key].user_id)
     user = await accounts.update_self(user, changes, current_password)
     return web.json_response(user.public())
+
+
+@docs(
+    tags=["users"],
+    summary="Delete the caller's account",
+    description=(
+        "Deletes the account, its sessions and its notifications, and closes its sockets; needs current_password. "
+        "The last active administrator cannot delete themselves (409)."
+    ),
+    security=BEARER,
+    responses={204: {"description": "Deleted"}, **error_responses(400, 401, 403, 409, 413, 422)},
+)
+@request_schema(DeleteMeSchema)
+@auth_required
+async def delete_me(request: web.Request) -> web.Response:
+    accounts = request.app[accounts_key]
+    user = await accounts.get(request[principal_key].user_id)
+    await accounts.delete_self(user, request[validated_key]["current_password"])
+    return web.Response(status=204)
 
 
 @docs(

@@ -11,6 +11,9 @@ from beanie import PydanticObjectId
 
 from tests.conftest import PASSWORD, Account, Accounts
 from tests.helpers import API, error_of, json_of
+from tests.realtime import expect_close, ready, send
+from tidings.documents import Notification, Session
+from tidings.server.keys import audit_key
 
 ME = f"{API}/users/me"
 USERS = f"{API}/users"
@@ -614,3 +617,40 @@ async def test_permission_matrix(client: TestClient[Any, Any], accounts: Account
                 await error_of(response, 403, "forbidden")
             else:
                 assert "password" not in text.lower()
+
+
+async def test_a_user_deletes_their_own_account(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    """With current_password: the account, its sessions and notifications are gone, its socket is closed, its
+    tokens and password stop working, and the deletion is in the audit log."""
+    admin, me = await accounts.user(admin=True), await accounts.user()
+    await send(client, admin, user_ids=[me.id])
+    await send(client, admin, broadcast=True)
+    async with client.ws_connect(f"{API}/ws", headers=me.headers) as ws:
+        await ready(ws)
+        for body in ({}, {"current_password": "not it at all"}):
+            refused = await client.delete(ME, json=body, headers=me.headers)
+            assert refused.status in (403, 422), await refused.text()
+        assert (await client.get(ME, headers=me.headers)).status == 200
+        response = await client.delete(ME, json={"current_password": me.password}, headers=me.headers)
+        assert response.status == 204, await response.text()
+        await expect_close(ws, 4403)
+    await error_of(await client.get(ME, headers=me.headers), 401, "invalid_token")
+    login = await client.post(f"{API}/auth/login", json={"email": me.email, "password": me.password})
+    await error_of(login, 401, "invalid_credentials")
+    await error_of(await client.get(f"{API}/users/{me.id}", headers=admin.headers), 404, "not_found")
+    user_id = PydanticObjectId(me.id)
+    assert await Notification.find({"recipient_id": user_id}).count() == 0
+    assert await Session.find({"user_id": user_id}).count() == 0
+    entries = (await client.app[audit_key].page(limit=10)).items
+    assert any(entry.action == "user.deleted_self" and entry.target_id == user_id for entry in entries)
+
+
+async def test_the_last_active_admin_cannot_delete_themselves(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True)
+    response = await client.delete(ME, json={"current_password": admin.password}, headers=admin.headers)
+    await error_of(response, 409, "conflict")
+    assert (await client.get(ME, headers=admin.headers)).status == 200
+    other = await accounts.user(admin=True)
+    response = await client.delete(ME, json={"current_password": admin.password}, headers=admin.headers)
+    assert response.status == 204, await response.text()
+    assert (await client.get(ME, headers=other.headers)).status == 200

@@ -346,7 +346,9 @@ class Hub:
         was logged out) since they authenticated."""
         state = await self._authenticator.user_state(user_id)
         for conn in list(self._by_user.get(user_id, ())):
-            if state is None or not state.is_active:
+            if state is None:
+                self.close(conn, CloseCode.FORBIDDEN, "account deleted")
+            elif not state.is_active:
                 self.close(conn, CloseCode.FORBIDDEN, "account deactivated")
             elif state.token_version != conn.token_version:
                 self.close(conn, CloseCode.BAD_CREDENTIALS, "credentials revoked")

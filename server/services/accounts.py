@@ -107,12 +107,29 @@ class AccountService:
         return user
 
     async def delete(self, actor: Actor | None, user: User) -> None:
+        """An admin deletes an account."""
+        await self._erase(user)
+        await self.audit.record(actor, "user.deleted", target_id=user.id, target_label=user.email)
+
+    async def delete_self(self, user: User, current_password: str) -> None:
+        """A user deletes their own account, proving it with their password; the last active admin may not."""
+        assert user.id is not None
+        matches, _ = await self.passwords.verify(user.password_hash, current_password)
+        if not matches:
+            raise Forbidden("current_password is incorrect.")
+        await self._erase(user)
+        await self.audit.record(
+            Actor(user.id, user.email), "user.deleted_self", target_id=user.id, target_label=user.email
+        )
+
+    async def _erase(self, user: User) -> None:
+        """The account, its sessions and its notifications; its tokens and sockets end on every process."""
         assert user.id is not None
         async with self._admin_count_held(user):
             await Session.find({"user_id": user.id}).delete()
             await user.delete()
         await self.authenticator.user_changed(str(user.id))
-        await self.audit.record(actor, "user.deleted", target_id=user.id, target_label=user.email)
+        await self.notifications.forget_user(user.id)
 
     async def revoke_sessions(self, actor: Actor | None, user: User) -> None:
         """An admin ends every session of a user."""

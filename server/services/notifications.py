@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MAX_DATA_BYTES = 4096
 # BSON documents nest at most 100 levels, and deep JSON exhausts Python's recursion limit: keep `data` shallow.
 MAX_DATA_DEPTH = 32
+FORGET_BATCH = 5000
 BSON_INT_RANGE = range(-(2**63), 2**63)
 
 
@@ -251,6 +252,18 @@ class NotificationService:
             ):
                 await inbox.set({Inbox.broadcasts_read_through: watermark})
         await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$lte": watermark}}).delete()
+
+    async def forget_user(self, user_id: PydanticObjectId) -> None:
+        """Delete what is kept for one user: their notifications, broadcast receipts and inbox.
+
+        In batches, since FerretDB on SQLite refuses to delete more than about 32,000 documents at once.
+        """
+        for model, owner in ((Notification, "recipient_id"), (BroadcastReceipt, "user_id")):
+            while batch := await model.find({owner: user_id}).limit(FORGET_BATCH).to_list():
+                await model.find({"_id": {"$in": [document.id for document in batch]}}).delete()
+        inbox = await Inbox.get(user_id)
+        if inbox is not None:
+            await inbox.delete()
 
     async def dispatches(self, *, before: str | None = None, limit: int = 20) -> tuple[list[DispatchStats], str | None]:
         """What was sent, newest first, with how many recipients have read each."""
