@@ -19,6 +19,21 @@ RECIPIENT_COUNT = validate.Length(min=1, max=MAX_RECIPIENTS)
 OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
 
 
+def error_sentences(messages: Any, field: str = "") -> list[str]:
+    """Validation messages (nested by field, index or list) as sentences, one per message: "email: Not a valid
+    email address." Schema-wide messages have no field."""
+    if isinstance(messages, dict):
+        return [
+            sentence
+            for key, value in messages.items()
+            for sentence in error_sentences(value, str(key) if not field else f"{field}.{key}")
+        ]
+    if isinstance(messages, list):
+        return [sentence for value in messages for sentence in error_sentences(value, field)]
+    prefix = f"{field}: " if field and field != "_schema" else ""
+    return [f"{prefix}{messages}"]
+
+
 class StrictSchema(Schema):
     """Unknown fields are an error, never silently dropped or stored."""
 

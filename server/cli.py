@@ -13,7 +13,7 @@ import uvloop
 from aiohttp import web
 from marshmallow import ValidationError
 
-from tidings.handlers.schemas import RegisterSchema
+from tidings.handlers.schemas import RegisterSchema, error_sentences
 from tidings.server.adapters.errors import ApiError
 from tidings.server.app import create_app
 from tidings.server.keys import accounts_key
@@ -62,7 +62,8 @@ async def create_admin(settings: Settings, email: str, username: str, password: 
         try:
             data = RegisterSchema().load({"email": email, "username": username, "password": password or ""})
         except ValidationError as exc:
-            raise SystemExit(f"tidings: invalid input: {exc.messages}") from None
+            sentences = "\n".join(f"tidings: invalid input: {sentence}" for sentence in error_sentences(exc.messages))
+            raise SystemExit(sentences) from None
         user = await accounts.register(**data, is_admin=True)
         return f"created admin {user.email}"
     except ApiError as exc:

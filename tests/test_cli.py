@@ -124,6 +124,8 @@ async def test_create_admin_refuses_bad_input(client: TestClient[Any, Any], sett
         assert result.code == 1, (stdin, result)
         assert "invalid input" in result.stderr, result.stderr
         assert "password" in result.stderr
+        # A sentence per field, never a Python dict.
+        assert "{" not in result.stderr and "[" not in result.stderr, result.stderr
     result = await create_admin(settings, "not-an-email", "bad", b"long enough password\n")
     assert result.code == 1
     assert "email" in result.stderr

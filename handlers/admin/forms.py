@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tidings.handlers.schemas import error_sentences
 from tidings.server.keys import principal_key
 from tidings.server.services.audit import Actor
 
@@ -19,8 +20,4 @@ def actor(request: web.Request) -> Actor:
 
 def errors_text(messages: Any) -> str:
     """Validation messages (nested dicts and lists) as one line."""
-    if isinstance(messages, dict):
-        return "; ".join(f"{field}: {errors_text(value)}" for field, value in messages.items())
-    if isinstance(messages, list):
-        return " ".join(errors_text(value) for value in messages)
-    return str(messages)
+    return "; ".join(error_sentences(messages))

@@ -14,6 +14,7 @@ from tidings.handlers.schemas import (
     SendNotificationSchema,
     UpdateMeSchema,
     UserIdSchema,
+    error_sentences,
 )
 
 pytestmark = pytest.mark.unit
@@ -251,3 +252,19 @@ def test_a_blank_title_is_refused_and_a_title_is_stripped() -> None:
         SendNotificationSchema().load({"title": "   ", "body": "b", "broadcast": True})
     assert "title" in refused.value.messages_dict
     assert SendNotificationSchema().load({"title": " T ", "body": "b", "broadcast": True})["title"] == "T"
+
+
+def test_validation_messages_read_as_one_sentence_each() -> None:
+    messages = {
+        "email": ["Not a valid email address."],
+        "password": ["Shorter than minimum length 8.", "Second message."],
+        "user_ids": {"1": ["Not a valid id."]},
+        "_schema": ["Nothing to change."],
+    }
+    assert error_sentences(messages) == [
+        "email: Not a valid email address.",
+        "password: Shorter than minimum length 8.",
+        "password: Second message.",
+        "user_ids.1: Not a valid id.",
+        "Nothing to change.",
+    ]
