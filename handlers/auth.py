@@ -20,7 +20,11 @@ async def register(request: web.Request) -> web.Response:
     return web.json_response(user.public(), status=201)
 
 
-@docs(tags=["auth"], summary="Log in with email and password", responses=error_responses(400, 401, 403, 413, 422, 429))
+@docs(
+    tags=["auth"],
+    summary="Log in with email and password",
+    responses=error_responses(400, 401, 403, 413, 422, 429, s401="Email or password is incorrect"),
+)
 @request_schema(LoginSchema)
 @response_schema(TokenPairSchema, 200)
 async def login(request: web.Request) -> web.Response:
@@ -31,7 +35,11 @@ async def login(request: web.Request) -> web.Response:
     return web.json_response(pair.body())
 
 
-@docs(tags=["auth"], summary="Rotate a refresh token", responses=error_responses(400, 401, 413, 422))
+@docs(
+    tags=["auth"],
+    summary="Rotate a refresh token",
+    responses=error_responses(400, 401, 413, 422, s401="The refresh token is invalid, expired or already used"),
+)
 @request_schema(RefreshSchema)
 @response_schema(TokenPairSchema, 200)
 async def refresh(request: web.Request) -> web.Response:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+from string import Template
 from typing import Any, NoReturn
 
 import marshmallow as m
 from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec
 from aiohttp_apigami.constants import APISPEC_PARSER
+from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 from apispec import BasePlugin
 from webargs.aiohttpparser import AIOHTTPParser, is_json_request
 from webargs.core import missing
@@ -45,9 +48,12 @@ SEND_AUDIENCE: dict[str, Any] = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
-    """Documented error responses, all in the one error shape."""
-    return {status: {"description": _ERROR_DESCRIPTIONS[status], "schema": "ErrorSchema"} for status in statuses}
+def error_responses(*statuses: int, **descriptions: str) -> dict[int, dict[str, Any]]:
+    """Documented error responses, all in the one error shape; `s401="..."` describes a status otherwise."""
+    return {
+        status: {"description": descriptions.get(f"s{status}", _ERROR_DESCRIPTIONS[status]), "schema": "ErrorSchema"}
+        for status in statuses
+    }
 
 
 class Parser(AIOHTTPParser):
@@ -85,12 +91,15 @@ class Parser(AIOHTTPParser):
 
 class OperationsAsServed(BasePlugin):
     """Each operation as the server treats it, where apigami says otherwise: every request body is required (each
-    request schema has a required field or refuses to change nothing, so a request without one is a 422), and no
-    Swagger 2 `produces` (apigami's @docs adds it, and no valid OpenAPI 3 operation has one)."""
+    request schema has a required field or refuses to change nothing, so a request without one is a 422), no
+    Swagger 2 `produces` (apigami's @docs adds it, and no valid OpenAPI 3 operation has one), and no HEAD twin of
+    each GET."""
 
     def operation_helper(
         self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
+        if operations:
+            operations.pop("head", None)  # aiohttp adds a HEAD route for every GET; documenting each twice is noise
         for operation in (operations or {}).values():
             operation.pop("produces", None)
             if "requestBody" in operation:
@@ -99,11 +108,12 @@ class OperationsAsServed(BasePlugin):
 
 def setup_openapi(app: web.Application) -> None:
     spec = AiohttpApiSpec(
-        title="tidings",
+        title="tidings API",
         version="0.1.0",
         openapi_version="3.0.3",
         url="/api/docs/openapi.json",
-        swagger_path="/api/docs",
+        # Swagger UI is served by swagger_page below, under its own title; apigami only serves its static files.
+        swagger_path=None,
         static_path="/api/docs/static",
         request_data_name=validated_key,  # type: ignore[arg-type]  # a typed RequestKey works where a str is expected
         info={"description": "Accounts, JWT auth and real-time notifications. Errors share one shape: ErrorSchema."},
@@ -115,4 +125,19 @@ def setup_openapi(app: web.Application) -> None:
     # apispec runs every plugin's operation_helper once apigami's path_helper has built the operation.
     spec.spec.plugins = (*spec.spec.plugins, OperationsAsServed())
     spec.register(app)
+    app.router.add_static("/api/docs/static", SWAGGER_UI_STATIC_FILES)
+    app.router.add_get("/api/docs", swagger_page)
     app[APISPEC_PARSER] = Parser()
+
+
+@functools.cache
+def _swagger_page() -> str:
+    """Swagger UI's page as aiohttp-apigami ships it, titled "tidings API" and pointed at our document."""
+    template = Template((SWAGGER_UI_STATIC_FILES / "index.html").read_text(encoding="utf-8"))
+    page = template.substitute(path="/api/docs/openapi.json", static="/api/docs/static", layout="StandaloneLayout")
+    return page.replace("<title>Swagger UI</title>", "<title>tidings API</title>")
+
+
+async def swagger_page(request: web.Request) -> web.Response:
+    """GET /api/docs: Swagger UI."""
+    return web.Response(text=_swagger_page(), content_type="text/html")

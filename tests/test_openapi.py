@@ -45,7 +45,13 @@ async def spec(client: TestClient[Any, Any]) -> dict[str, Any]:
 
 async def test_document_basics(spec: dict[str, Any]) -> None:
     assert spec["openapi"].startswith("3.")
-    assert spec["info"]["title"] == "tidings"
+    assert spec["info"]["title"] == "tidings API"
+    # aiohttp answers HEAD for every GET; the document lists each operation once.
+    assert not [path for path, operations in spec["paths"].items() if "head" in operations]
+    # Endpoints that take no access token do not say one could be expired or revoked.
+    for path in (f"{API}/auth/login", f"{API}/auth/register", f"{API}/auth/refresh"):
+        for response in spec["paths"][path]["post"]["responses"].values():
+            assert "access token" not in response["description"], (path, response)
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
         "scheme": "bearer",
@@ -158,6 +164,7 @@ async def test_swagger_ui_page(client: TestClient[Any, Any]) -> None:
     assert response.content_type == "text/html"
     page = await response.text()
     assert "/api/docs/openapi.json" in page
+    assert "<title>tidings API</title>" in page
     assert "swagger-ui-bundle.js" in page
     script = await client.get("/api/docs/static/swagger-ui-bundle.js")
     assert script.status == 200
