@@ -19,8 +19,9 @@ $(STAMP): setup.py $(PACKAGE_DIRS)
 services: $(STAMP)
 	@bash scripts/services.sh start
 
+# In development, a generated JWT secret is kept in .data/ (mode 0600), so restarting keeps everyone's sessions.
 run: services
-	$(BIN)/tidings serve
+	JWT_SECRET_FILE=$${JWT_SECRET_FILE:-.data/jwt-secret} $(BIN)/tidings serve
 
 test: services
 	@bash scripts/install-system.sh --browser

@@ -8,6 +8,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,28 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not 0 < value < float("inf"):
         raise SettingsError(f"{name} must be a positive number of seconds, got {raw!r}")
     return value
+
+
+def _secret_from_file(path: Path, *, create: bool) -> str:
+    """The secret kept in `path` (JWT_SECRET_FILE); with `create` (development), made on first use, mode 0600, so
+    that restarting the server keeps everyone's sessions."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        if not create:
+            raise SettingsError(f"JWT_SECRET_FILE {path} does not exist") from None
+    except OSError as exc:
+        raise SettingsError(f"JWT_SECRET_FILE {path} cannot be read: {exc}") from None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(secret + "\n")
+    log.info("keeping a generated JWT secret in %s for development", path)
+    return secret
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -145,6 +168,9 @@ class Settings:
         if environment not in ("development", "test", "production"):
             raise SettingsError(f"TIDINGS_ENV must be development, test or production, got {environment!r}")
         redis_url = env.get("REDIS_URL", cls.redis_url)
+        jwt_secret = env.get("JWT_SECRET", "")
+        if not jwt_secret and env.get("JWT_SECRET_FILE"):
+            jwt_secret = _secret_from_file(Path(env["JWT_SECRET_FILE"]), create=environment == "development")
         settings = cls(
             environment=environment,  # type: ignore[arg-type]
             host=env.get("TIDINGS_HOST", cls.host),
@@ -153,7 +179,7 @@ class Settings:
             mongodb_db=env.get("MONGODB_DB") or cls.mongodb_db,
             redis_url=redis_url or None,
             redis_prefix=env.get("REDIS_PREFIX") or cls.redis_prefix,
-            jwt_secret=env.get("JWT_SECRET", ""),
+            jwt_secret=jwt_secret,
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", cls.access_token_ttl),
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
             panel_session_ttl=_int(env, "PANEL_SESSION_TTL", cls.panel_session_ttl),

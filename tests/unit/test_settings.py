@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
+
 import pytest
 
 from tidings.server.settings import MIN_SECRET_BYTES, Settings, SettingsError
@@ -179,3 +182,32 @@ def test_the_environment_itself_is_read_by_default(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("JWT_SECRET", SECRET)
     monkeypatch.setenv("TIDINGS_PORT", "8123")
     assert Settings.from_env().port == 8123
+
+
+def test_development_keeps_a_generated_secret_in_its_file(tmp_path: Path) -> None:
+    """`make run` sets JWT_SECRET_FILE=.data/jwt-secret: the first start makes it (mode 0600), a restart reads it,
+    so sessions survive a restart."""
+    secret_file = tmp_path / "data" / "jwt-secret"
+    first = Settings.from_env({"JWT_SECRET_FILE": str(secret_file)})
+    second = Settings.from_env({"JWT_SECRET_FILE": str(secret_file)})
+    assert first.jwt_secret == second.jwt_secret
+    assert len(first.jwt_secret.encode()) >= MIN_SECRET_BYTES
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert secret_file.read_text().strip() == first.jwt_secret
+
+
+def test_outside_development_the_secret_file_must_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "jwt-secret"
+    for environment in ("production", "test"):
+        with pytest.raises(SettingsError, match="does not exist"):
+            Settings.from_env({"TIDINGS_ENV": environment, "JWT_SECRET_FILE": str(missing)})
+    assert not missing.exists()
+    missing.write_text("s" * 48 + "\n")
+    assert Settings.from_env(production(JWT_SECRET_FILE=str(missing))).jwt_secret == "s" * 48
+
+
+def test_jwt_secret_wins_over_the_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "jwt-secret"
+    settings = Settings.from_env({"JWT_SECRET": "e" * 40, "JWT_SECRET_FILE": str(secret_file)})
+    assert settings.jwt_secret == "e" * 40
+    assert not secret_file.exists()
