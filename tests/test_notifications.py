@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from beanie import PydanticObjectId
 
 from tests.conftest import Account, Accounts
 from tests.helpers import error_of
 from tests.realtime import API, ids, send, send_to, unread
-from tidings.documents import Inbox
+from tidings.documents import Inbox, Notification
 from tidings.server.keys import audit_key, notifications_key
 
 UNKNOWN_ID = "0" * 24  # a well-formed ObjectId no document has
@@ -405,13 +406,24 @@ async def test_admin_change_notifies_the_user(client: TestClient[Any, Any], acco
     [notification] = (await inbox(client, user))["items"]
     assert notification["data"] == {"event": "account_changed", "fields": ["full_name"]}
     assert notification["read"] is False
-    assert "full_name" in notification["body"]
+    assert notification["title"] == "Your name was changed"
+    assert notification["body"] == "Your name was changed."
     assert await unread(client, user) == 1
     assert (await inbox(client, admin))["items"] == []
+    # Flags read as what they mean, and several changes at once as one notice.
+    response = await client.patch(f"{API}/users/{user.id}", json={"is_admin": True}, headers=admin.headers)
+    assert response.status == 200, await response.text()
+    assert (await inbox(client, user))["items"][0]["title"] == "You are now an administrator"
+    response = await client.patch(f"{API}/users/{user.id}", json={"is_admin": False, "bio": "b"}, headers=admin.headers)
+    assert response.status == 200, await response.text()
+    newest = (await inbox(client, user))["items"][0]
+    assert newest["title"] == "An administrator changed your account"
+    assert newest["body"] == "Your bio was changed. You are no longer an administrator."
+    assert await unread(client, user) == 3
     # A change a user makes to their own account is not announced to them.
     response = await client.patch(f"{API}/users/me", json={"bio": "hi"}, headers=user.headers)
     assert response.status == 200, await response.text()
-    assert await unread(client, user) == 1
+    assert await unread(client, user) == 3
 
 
 async def test_concurrent_first_read_alls_all_succeed(
@@ -450,3 +462,19 @@ async def test_a_title_of_only_spaces_is_refused_and_titles_are_stripped(
     [sent] = await send(client, admin, user_ids=[user.id], title="  Hello  ")
     assert sent["title"] == "Hello"
     assert await unread(client, user) == 1
+
+
+async def test_account_notices_come_from_the_admin_and_broadcasts_are_audited_as_everyone(
+    client: TestClient[Any, Any], accounts: Accounts
+) -> None:
+    admin, user = await accounts.user(admin=True), await accounts.user()
+    response = await client.patch(f"{API}/users/{user.id}", json={"is_admin": True}, headers=admin.headers)
+    assert response.status == 200, await response.text()
+    [notice] = await Notification.find({"recipient_id": PydanticObjectId(user.id)}).to_list()
+    assert notice.sender_id == PydanticObjectId(admin.id)
+    assert notice.dispatch_id is None
+    await send(client, admin, broadcast=True, title="To all")
+    entries = (await client.app[audit_key].page(limit=20)).items
+    [sent] = [entry for entry in entries if entry.action == "notification.sent"]
+    assert sent.details == {"audience": "everyone"}
+    assert not [entry for entry in entries if entry.action == "notification.sent" and entry.target_label != "To all"]

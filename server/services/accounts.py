@@ -28,6 +28,25 @@ SELF_FIELDS = frozenset({"email", "username", "full_name", "bio", "password"})
 ADMIN_FIELDS = SELF_FIELDS | {"is_active", "is_admin"}
 
 
+def change_sentence(field: str, value: Any) -> str:
+    """What an administrator's change of `field` means to the user, as a sentence (without its full stop)."""
+    if field == "is_admin":
+        return "You are now an administrator" if value else "You are no longer an administrator"
+    if field == "is_active":
+        return "Your account was reactivated" if value else "Your account was deactivated"
+    if field == "email":
+        return f"Your email address is now {value}"
+    if field == "username":
+        return f"Your username is now {value}"
+    if field == "password":
+        return "Your password was changed; sign in with the new one"
+    if field == "full_name":
+        return "Your name was changed"
+    if field == "bio":
+        return "Your bio was changed"
+    return f"Your {field.replace('_', ' ')} was changed"
+
+
 @dataclass(frozen=True)
 class Page:
     items: list[User]
@@ -98,11 +117,14 @@ class AccountService:
         await self.audit.record(
             actor, "user.updated", target_id=user.id, target_label=user.email, details={"changes": shown}
         )
-        await self.notifications.send(
-            title="Your account was changed by an administrator",
-            body="Changed: " + ", ".join(sorted(changes)) + ".",
+        assert user.id is not None
+        sentences = [change_sentence(field, value) for field, value in sorted(changes.items())]
+        await self.notifications.notice(
+            user.id,
+            title=sentences[0] if len(sentences) == 1 else "An administrator changed your account",
+            body=" ".join(f"{sentence}." for sentence in sentences),
             data={"event": "account_changed", "fields": sorted(changes)},
-            user_ids=[str(user.id)],
+            actor=actor,
         )
         return user
 

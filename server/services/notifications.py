@@ -152,9 +152,22 @@ class NotificationService:
                 "notification.sent",
                 target_id=dispatch.id,
                 target_label=title,
-                details={"broadcast": broadcast, "recipients": len(recipients)},
+                # A broadcast reaches everyone, not "1 recipient" (its one stored document).
+                details={"audience": "everyone"} if broadcast else {"recipients": len(recipients)},
             )
         return notifications
+
+    async def notice(
+        self, user_id: PydanticObjectId, *, title: str, body: str, data: dict[str, Any], actor: Actor | None
+    ) -> Notification:
+        """Tell one user what was done to their account, from the admin who did it. Not a send: no dispatch, no
+        "notification.sent" in the audit log (the change itself is audited)."""
+        notification = Notification(
+            id=new_id(), recipient_id=user_id, title=title, body=body, data=data, sender_id=actor.id if actor else None
+        )
+        await notification.insert()
+        await self.publish([notification])
+        return notification
 
     async def publish(self, notifications: list[Notification]) -> None:
         try:
