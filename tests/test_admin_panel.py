@@ -389,6 +389,13 @@ async def test_every_page_renders_with_security_headers(panel: Panel) -> None:
     assert "There is no such user." in text_of(await missing.text())
     assert (await panel.client.get("/admin/users/not-an-id")).status == 404
     assert_page_headers(missing)
+    # A mistyped panel address is the panel's HTML 404 page, not the API's JSON error.
+    for path in ("/admin/nope", "/admin/users/x/y/z", "/admin/audit/"):
+        unknown = await panel.client.get(path, allow_redirects=False)
+        assert unknown.status == 404, path
+        assert unknown.content_type == "text/html", path
+        assert "There is no such page." in text_of(await unknown.text())
+        assert_page_headers(unknown)
 
 
 async def test_dashboard_and_its_json(panel: Panel) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import quote
 
+import aiohttp_jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -38,6 +39,9 @@ async def admin_middleware(request: web.Request, handler: Handler) -> web.Stream
             await check_csrf(request, csrf_token_for(request))
     try:
         response = await handler(request)
+    except web.HTTPNotFound:
+        # A person's mistyped panel address gets the panel's page, not the API's JSON error.
+        response = aiohttp_jinja2.render_template("not_found.html", request, {"what": "page"}, status=404)
     except web.HTTPException as exc:
         if exc.status < 400:
             exc.headers["Content-Security-Policy"] = PAGE_CSP
