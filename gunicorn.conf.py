@@ -22,6 +22,7 @@ from aiohttp.worker import GunicornWebWorker
 
 from tidings.server.keys import settings_key
 from tidings.server.logs import AccessLogger
+from tidings.server.runner import TidingsRunner
 
 wsgi_app = "tidings.server.app:app_factory"
 worker_class = "aiohttp.GunicornUVLoopWebWorker"
@@ -95,7 +96,8 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Have aiohttp's worker serve the app through a runner that logs access with the app's JSON AccessLogger.
+    """Have aiohttp's worker serve the app through tidings' runner, as `tidings serve` does: access logged with the
+    app's JSON AccessLogger, requests that aiohttp's HTTP parser refuses answered with the API's JSON error.
 
     aiohttp's worker accepts a factory that returns a `web.AppRunner` and then uses that runner as it is, so the
     runner here carries what the worker would otherwise take from gunicorn's settings (keep-alive, shutdown timeout).
@@ -108,7 +110,7 @@ def post_worker_init(worker: Any) -> None:
 
     async def app_runner() -> web.AppRunner:
         app = await factory()
-        return web.AppRunner(
+        return TidingsRunner(
             app,
             access_log_class=AccessLogger,
             access_log=logging.getLogger("tidings.access") if app[settings_key].access_log else None,

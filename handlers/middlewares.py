@@ -129,9 +129,34 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     """
     if response.status == 101:
         return
+    docs = request.path == "/api/docs" or request.path.startswith("/api/docs/")
+    _add_security_headers(response, DOCS_CSP if docs else API_CSP)
+
+
+def _add_security_headers(response: web.StreamResponse, csp: str) -> None:
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
-    docs = request.path == "/api/docs" or request.path.startswith("/api/docs/")
-    headers.setdefault("Content-Security-Policy", DOCS_CSP if docs else API_CSP)
+    headers.setdefault("Content-Security-Policy", csp)
+
+
+_REASON_LIMIT = 200  # aiohttp's reason may quote what the client sent
+
+
+def refused_request_response(status: int, reason: str) -> web.Response:
+    """The answer to a request that aiohttp's HTTP parser refused (an over-long header line, a garbled request
+    line, bad HTTP) before any middleware ran: the one error shape, a fresh X-Request-ID and the security headers,
+    as every other answer has. The server's request handler (server/runner.py) sends it; the connection closes."""
+    # One line: llhttp's reasons run over several, the last a caret under the offending byte.
+    reason = " ".join(line.strip() for line in reason.splitlines() if line.strip() not in ("", "^")) or "Bad Request"
+    if len(reason) > _REASON_LIMIT:
+        reason = reason[: _REASON_LIMIT - 3] + "..."
+    response = error_response(
+        status, _HTTP_ERROR_CODES.get(status, "bad_request"), f"The request is not valid HTTP: {reason}"
+    )
+    response.headers["X-Request-ID"] = os.urandom(16).hex()
+    _add_security_headers(response, API_CSP)
+    response.headers["Connection"] = "close"  # said, since the answer is HTTP/1.0, where aiohttp leaves it unsaid
+    response.force_close()
+    return response

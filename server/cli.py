@@ -9,7 +9,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import uvloop
 from aiohttp import web
 from marshmallow import ValidationError
 
@@ -18,21 +17,20 @@ from tidings.server.adapters.errors import ApiError
 from tidings.server.app import create_app
 from tidings.server.keys import accounts_key
 from tidings.server.logs import AccessLogger, configure_logging
+from tidings.server.runner import run
 from tidings.server.settings import Settings, SettingsError
 
 log = logging.getLogger("tidings")
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    web.run_app(
+    run(
         create_app(settings),
-        host=host,
-        port=port,
+        host,
+        port,
         access_log=logging.getLogger("tidings.access") if settings.access_log else None,
         access_log_class=AccessLogger,
-        print=lambda message: log.info(message.strip()),
         shutdown_timeout=settings.shutdown_timeout,
-        loop=uvloop.new_event_loop(),
     )
 
 

@@ -1,0 +1,120 @@
+"""How tidings is served: an `AppRunner` whose connections answer requests that aiohttp's HTTP parser refuses with
+the API's JSON error (`TidingsRunner`), and the loop `tidings serve` runs it in (`run`). gunicorn.conf.py uses the
+same runner, so both ways of serving answer alike.
+
+A request the parser refuses (a header line over 8190 bytes, a garbled request line, bad HTTP) never reaches the app
+or its middlewares: aiohttp answers it from `RequestHandler.handle_error`, the per-connection protocol, with a plain
+text "400 Bad Request". aiohttp has no setting for that answer, and `web.Server` always builds a plain
+`RequestHandler`; so `TidingsRunner` builds its `web.Server` as a subclass that builds `_RequestHandler`, whose
+`handle_error` gives the JSON answer for the parser's refusals (status < 500) and leaves aiohttp's behaviour, logging
+included, unchanged otherwise. Nothing of aiohttp is patched: these are subclasses, used only by this runner.
+`web.run_app` cannot take a runner of its own, hence `run`, which does what `run_app` did for `tidings serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from tidings.handlers.middlewares import refused_request_response
+
+log = logging.getLogger("tidings")
+
+# What `web.run_app` passed to its runner and site unless told otherwise (RequestHandler's own default is longer).
+KEEPALIVE_TIMEOUT = 75.0
+
+
+class _RequestHandler(web.RequestHandler):
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own first: it logs (server/logs.py makes a parser refusal one INFO line) and raises
+        # ConnectionError when part of a response went out already. Its answer is kept for 5xx (a handler that
+        # failed or timed out), which the app's middleware renders itself whenever it can.
+        response = super().handle_error(request, status, exc, message)
+        if status >= 500:
+            return response
+        return refused_request_response(status, message or response.reason or "Bad Request")
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        # As web.Server.__call__, with the subclass; its fallback for unknown keyword arguments is not needed, since
+        # the arguments are the runner's own (access log, keep-alive, timeouts).
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class TidingsRunner(web.AppRunner):
+    """`web.AppRunner` (same arguments) whose connections answer refused requests with the API's JSON error."""
+
+    async def _make_server(self) -> web.Server:
+        # aiohttp's start-up of the app (startup signals, freeze) and its server, rebuilt with the same arguments as
+        # the subclass before any connection exists.
+        server = await super()._make_server()
+        return _Server(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            **server._kwargs,
+        )
+
+
+async def _serve(runner: web.AppRunner, host: str, port: int) -> None:
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("======== Running on %s ========\n(Press CTRL+C to quit)", site.name)
+        await asyncio.Event().wait()  # until the task is cancelled (run: on SIGTERM or SIGINT)
+    finally:
+        await runner.cleanup()
+
+
+def run(app: web.Application, host: str, port: int, **runner_options: Any) -> None:
+    """Serve `app` on host:port on a uvloop event loop until SIGTERM or SIGINT, then shut down gracefully: what
+    `web.run_app(app, host=..., port=..., loop=uvloop.new_event_loop(), **runner_options)` does, with
+    `TidingsRunner`. `runner_options` are AppRunner's (access_log, access_log_class, shutdown_timeout, ...)."""
+    runner = TidingsRunner(app, handle_signals=True, **{"keepalive_timeout": KEEPALIVE_TIMEOUT, **runner_options})
+    loop = uvloop.new_event_loop()
+    main_task = loop.create_task(_serve(runner, host, port))
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main_task)
+    except (web.GracefulExit, KeyboardInterrupt):  # the runner's signal handlers raise GracefulExit
+        pass
+    finally:
+        try:
+            # The serving task first, so that its runner.cleanup() (on_shutdown: WebSockets closed with 1001, then
+            # requests in flight given shutdown_timeout, then the cleanup contexts) runs before anything is cancelled.
+            if not main_task.done():
+                main_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(main_task)
+        finally:
+            _cancel_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+
+def _cancel_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left and wait for it, reporting failures to the loop's exception handler (as run_app does)."""
+    tasks = asyncio.all_tasks(loop)
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler(
+                {"message": "unhandled exception during shutdown", "exception": task.exception(), "task": task}
+            )
