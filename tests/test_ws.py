@@ -21,7 +21,6 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 from pymongo.errors import AutoReconnect
 
-import tidings.server.realtime.hub as hub_module
 from tests.conftest import REDIS_URL, Account, Accounts, AppFactory
 from tests.helpers import TcpProxy
 from tests.realtime import (
@@ -39,6 +38,7 @@ from tests.realtime import (
     unread,
 )
 from tidings.server.keys import hub_key, settings_key
+from tidings.server.realtime import hub as hub_module
 from tidings.server.services.notifications import NotificationService
 
 WS = f"{API}/ws"
