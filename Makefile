@@ -29,6 +29,7 @@ test: services
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	cd scripts/ferretdb && $${GO:-$$(command -v go || echo /usr/local/go/bin/go)} test ./...
 	@# Pure code needs no service: its tests pass with MongoDB and Redis unreachable.
 	MONGODB_URL=mongodb://127.0.0.1:1 REDIS_URL=redis://127.0.0.1:1 $(BIN)/pytest -m unit -q -p no:cacheprovider
 	$(BIN)/pytest

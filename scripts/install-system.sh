@@ -3,17 +3,22 @@
 #   - redis-server / redis-cli            (always)
 #   - chromium                            (with --browser)
 #   - wrk                                 (with --bench)
+#   - a PostgreSQL server from Debian      (with FERRETDB_BACKEND=postgresql;
+#     postgresql-15, or `postgresql` where there is no postgresql-15)
 #   - the FerretDB launcher binary, built from scripts/ferretdb/ with Go into
-#     .cache/bin/ferretdb-v1.24.2, only when missing or older than its sources.
+#     .cache/bin/ferretdb-v1.24.2, only when missing or built from other sources.
 # apt-get (and `apt-get update`) only run when something is missing.
 #
-# Usage: scripts/install-system.sh [--browser] [--bench]
+# Usage: [FERRETDB_BACKEND=sqlite|postgresql] scripts/install-system.sh [--browser] [--bench]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FERRETDB_VERSION="v1.24.2"
 FERRETDB_SRC="$ROOT/scripts/ferretdb"
 FERRETDB_BIN="$ROOT/.cache/bin/ferretdb-$FERRETDB_VERSION"
+# What the binary was built from: a hash of the launcher's sources, next to it.
+FERRETDB_STAMP="$FERRETDB_BIN.sources"
+FERRETDB_BACKEND="${FERRETDB_BACKEND:-sqlite}"
 GO_MIN_MINOR=24 # scripts/ferretdb/go.mod says `go 1.24`
 
 want_browser=0
@@ -23,7 +28,7 @@ for arg in "$@"; do
         --browser) want_browser=1 ;;
         --bench) want_bench=1 ;;
         -h | --help)
-            sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -38,6 +43,11 @@ die() {
     echo "install-system: ERROR: $*" >&2
     exit 1
 }
+
+case "$FERRETDB_BACKEND" in
+    sqlite | postgresql) ;;
+    *) die "FERRETDB_BACKEND must be sqlite or postgresql, not '$FERRETDB_BACKEND'" ;;
+esac
 
 # Runs a command with its output in a log file; shows the tail only on failure.
 quiet() {
@@ -71,7 +81,19 @@ for entry in "${checks[@]}"; do
     fi
 done
 
-if [ "${#missing[@]}" -gt 0 ]; then
+# Any Debian PostgreSQL server will do (scripts/services.sh prefers 15); which
+# package provides one is only known after `apt-get update`.
+want_postgresql=0
+if [ "$FERRETDB_BACKEND" = postgresql ]; then
+    want_postgresql=1
+    for initdb in /usr/lib/postgresql/*/bin/initdb; do
+        if [ -x "$initdb" ]; then
+            want_postgresql=0
+        fi
+    done
+fi
+
+if [ "${#missing[@]}" -gt 0 ] || [ "$want_postgresql" = 1 ]; then
     SUDO=()
     if [ "$(id -u)" != 0 ]; then
         command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to install: ${missing[*]}"
@@ -81,20 +103,24 @@ if [ "${#missing[@]}" -gt 0 ]; then
     APT=("${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -qq)
     say "apt-get update"
     quiet "${APT[@]}" update
+    if [ "$want_postgresql" = 1 ]; then
+        if [ -n "$(apt-cache policy postgresql-15 2>/dev/null | sed -n 's/^ *Candidate: *//p' | grep -v '(none)' || true)" ]; then
+            missing+=(postgresql-15)
+        else
+            missing+=(postgresql)
+        fi
+    fi
     say "apt-get install ${missing[*]}"
     quiet "${APT[@]}" install -y --no-install-recommends "${missing[@]}"
 fi
 
 # --- FerretDB launcher (Go) ----------------------------------------------------
+# Rebuilt whenever its sources differ from those the binary was built from
+# (a hash, not file times: a checkout of older sources must rebuild too).
+sources_hash="$(cd "$FERRETDB_SRC" && sha256sum go.mod go.sum ./*.go | sha256sum | cut -d' ' -f1)"
 needs_build=0
-if [ ! -x "$FERRETDB_BIN" ]; then
+if [ ! -x "$FERRETDB_BIN" ] || [ "$(cat "$FERRETDB_STAMP" 2>/dev/null || true)" != "$sources_hash" ]; then
     needs_build=1
-else
-    for f in main.go go.mod go.sum; do
-        if [ "$FERRETDB_SRC/$f" -nt "$FERRETDB_BIN" ]; then
-            needs_build=1
-        fi
-    done
 fi
 
 if [ "$needs_build" = 1 ]; then
@@ -118,5 +144,6 @@ if [ "$needs_build" = 1 ]; then
         "$GO" build -trimpath -o "$tmp" .)
     mv -f "$tmp" "$FERRETDB_BIN"
     trap - EXIT
+    echo "$sources_hash" >"$FERRETDB_STAMP"
     say "built ${FERRETDB_BIN#"$ROOT"/}"
 fi

@@ -9,6 +9,11 @@
 # 127.0.0.1 or localhost is managed here: `start` launches it in the background
 # (data, logs and pid files under .data/) unless something already answers on its
 # port; `stop` stops only what `start` launched. A service elsewhere is only checked.
+#
+# FERRETDB_BACKEND=postgresql (opt-in; default sqlite) stores FerretDB's data in
+# PostgreSQL instead: `start` then also runs a PostgreSQL cluster in
+# .data/postgresql/ on 127.0.0.1:POSTGRESQL_PORT (default 5433), as the system
+# user tidings-pg (created if missing) when run as root, else as the current user.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +22,15 @@ FERRETDB_BIN="$ROOT/.cache/bin/ferretdb-v1.24.2"
 MONGODB_URL="${MONGODB_URL:-mongodb://127.0.0.1:27017}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 WAIT_SECONDS="${SERVICES_WAIT_SECONDS:-30}"
+FERRETDB_BACKEND="${FERRETDB_BACKEND:-sqlite}"
+POSTGRESQL_PORT="${POSTGRESQL_PORT:-5433}"
+PG_DIR="$DATA/postgresql" # owned by the PostgreSQL user, mode 0700
+PG_DATA="$PG_DIR/data"    # the cluster
+PG_RUN="$PG_DIR/run"      # its unix socket
+PG_LOG="$PG_DIR/postgresql.log"
+PG_DATABASE=ferretdb
+# PostgreSQL refuses to run as root: root runs it as this system user.
+PG_SYSTEM_USER=tidings-pg
 
 say() { echo "services: $*"; }
 die() {
@@ -47,6 +61,12 @@ parse_url() {
 }
 
 is_local() { [ "$1" = 127.0.0.1 ] || [ "$1" = localhost ]; }
+
+case "$FERRETDB_BACKEND" in
+    sqlite | postgresql) ;;
+    *) die "FERRETDB_BACKEND must be sqlite or postgresql, not '$FERRETDB_BACKEND'" ;;
+esac
+[[ "$POSTGRESQL_PORT" =~ ^[0-9]+$ ]] || die "POSTGRESQL_PORT must be a port number, not '$POSTGRESQL_PORT'"
 
 # mongo_ping HOST PORT: exit 0 = answered a MongoDB `ping` with ok: 1,
 # 1 = nothing listens there, 2 = something listens but did not answer the ping.
@@ -127,7 +147,7 @@ pid_of() {
     fi
     if [[ "$cmd" != *"$prog"* ]]; then
         rm -f "$file"
-    elif [ -z "$port" ] || [[ "$cmd " == *":$port "* ]]; then
+    elif [ -z "$port" ] || [[ "$cmd " == *":$port "* ]] || [[ "$cmd " == *" -p $port "* ]]; then
         echo "$pid"
     fi
 }
@@ -181,6 +201,9 @@ start_mongodb() {
     mongo_ping "$host" "$port" || rc=$?
     if [ "$rc" = 0 ]; then
         say "mongodb: already answering on $host:$port"
+        if is_local "$host"; then
+            check_running_backend "$port"
+        fi
         return 0
     fi
     if ! is_local "$host"; then
@@ -194,7 +217,14 @@ start_mongodb() {
     if [ -z "$pid" ] && [ -n "$other" ]; then
         die "mongodb: the FerretDB started earlier (pid $other) listens on another port; run '$0 stop' first"
     fi
-    if [ -z "$pid" ]; then
+    if [ -z "$pid" ] && [ "$FERRETDB_BACKEND" = postgresql ]; then
+        start_postgresql
+        say "mongodb: starting FerretDB on 127.0.0.1:$port (PostgreSQL backend on 127.0.0.1:$POSTGRESQL_PORT, log in .data/ferretdb.log)"
+        (detached "$log" nohup "$FERRETDB_BIN" -listen "127.0.0.1:$port" -handler postgresql \
+            -postgresql-url "$(postgresql_url)" -log-level warn) &
+        pid=$!
+        echo "$pid" >"$DATA/ferretdb.pid"
+    elif [ -z "$pid" ]; then
         mkdir -p "$DATA/ferretdb"
         say "mongodb: starting FerretDB on 127.0.0.1:$port (data in .data/ferretdb/, log in .data/ferretdb.log)"
         (detached "$log" nohup "$FERRETDB_BIN" -listen "127.0.0.1:$port" -data "$DATA/ferretdb" -log-level warn) &
@@ -205,6 +235,221 @@ start_mongodb() {
     fi
     wait_ready FerretDB mongo_ping 127.0.0.1 "$port" "$pid" "$log"
     say "mongodb: ready on 127.0.0.1:$port (pid $pid)"
+}
+
+# check_running_backend PORT: when the FerretDB answering on PORT is the one this
+# script started, says if it runs another backend than FERRETDB_BACKEND asks for,
+# and keeps the PostgreSQL it needs running.
+check_running_backend() {
+    local pid cmd running=sqlite
+    pid="$(pid_of ferretdb ferretdb- "$1")"
+    [ -n "$pid" ] || return 0
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+    if [[ "$cmd " == *" -handler postgresql "* ]]; then
+        running=postgresql
+    fi
+    if [ "$running" != "$FERRETDB_BACKEND" ]; then
+        say "mongodb: note: this FerretDB (pid $pid) stores its data in $running; FERRETDB_BACKEND=$FERRETDB_BACKEND takes effect after '$0 stop'"
+    fi
+    if [ "$running" = postgresql ]; then
+        start_postgresql
+    fi
+}
+
+# --- PostgreSQL (FERRETDB_BACKEND=postgresql) ----------------------------------
+
+# pg_os_user: the system user the cluster runs as.
+pg_os_user() {
+    if [ "$(id -u)" = 0 ]; then
+        echo "$PG_SYSTEM_USER"
+    else
+        id -un
+    fi
+}
+
+# postgresql_url: FerretDB's URL for the cluster. force_custom_plan: FerretDB's
+# prepared statements take the field name as a parameter, and only a plan made
+# for the actual values can use the indexer's expression indexes.
+postgresql_url() {
+    echo "postgres://$(pg_os_user)@127.0.0.1:$POSTGRESQL_PORT/$PG_DATABASE?plan_cache_mode=force_custom_plan"
+}
+
+# pg_bindir: the server binaries; those of the cluster's version once it exists,
+# else PostgreSQL 15, else any Debian PostgreSQL.
+pg_bindir() {
+    local d version=""
+    if [ -s "$PG_DATA/PG_VERSION" ]; then
+        version="$(cat "$PG_DATA/PG_VERSION")"
+        d="/usr/lib/postgresql/$version/bin"
+        [ -x "$d/postgres" ] || return 1
+        echo "$d"
+        return 0
+    fi
+    for d in /usr/lib/postgresql/15/bin /usr/lib/postgresql/*/bin; do
+        if [ -x "$d/initdb" ] && [ -x "$d/postgres" ]; then
+            echo "$d"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# pg_ping HOST PORT: exit 0 = a PostgreSQL accepts connections there, 1 = nothing
+# listens there, 2 = something listens but does not accept PostgreSQL connections
+# (yet: a starting PostgreSQL answers 2 too).
+pg_ping() {
+    local host="${1//[\[\]]/}" port="$2" bin isready=/usr/bin/pg_isready
+    if bin="$(pg_bindir)"; then
+        isready="$bin/pg_isready"
+    fi
+    if [ -x "$isready" ] && "$isready" -q -h "$host" -p "$port" -U "$(pg_os_user)" -d postgres -t 3 >/dev/null 2>&1; then
+        return 0
+    fi
+    if timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$host" "$port" 2>/dev/null; then
+        return 2
+    fi
+    return 1
+}
+
+# as_pg CMD...: CMD as the cluster's user, from its folder (initdb and pg_ctl
+# complain about a working directory they cannot read).
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then
+        (cd "$PG_DIR" && exec runuser -u "$PG_SYSTEM_USER" -- "$@")
+    else
+        (cd "$PG_DIR" && exec "$@")
+    fi
+}
+
+# ensure_pg_cluster BINDIR: the system user, .data/postgresql/ and the cluster in
+# it (initdb, UTF8; trust authentication, as it listens on 127.0.0.1 only).
+ensure_pg_cluster() {
+    local bin="$1" user out owner
+    user="$(pg_os_user)"
+    if [ "$(id -u)" = 0 ] && ! id -u "$PG_SYSTEM_USER" >/dev/null 2>&1; then
+        say "postgresql: creating system user $PG_SYSTEM_USER (PostgreSQL does not run as root)"
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin "$PG_SYSTEM_USER" ||
+            die "postgresql: could not create system user $PG_SYSTEM_USER"
+    fi
+    if [ ! -d "$PG_DIR" ]; then
+        mkdir -p "$PG_DIR"
+        chmod 700 "$PG_DIR"
+        if [ "$(id -u)" = 0 ]; then
+            chown "$PG_SYSTEM_USER:" "$PG_DIR"
+        fi
+    fi
+    owner="$(stat -c %U "$PG_DIR")"
+    [ "$owner" = "$user" ] ||
+        die "postgresql: .data/postgresql/ belongs to $owner, but PostgreSQL runs as $user here; remove it or run as $owner"
+    if [ "$(id -u)" = 0 ] && ! runuser -u "$PG_SYSTEM_USER" -- test -x "$PG_DIR"; then
+        die "postgresql: user $PG_SYSTEM_USER cannot reach $PG_DIR (a parent folder is not searchable by others)"
+    fi
+    if [ ! -s "$PG_DATA/PG_VERSION" ]; then
+        say "postgresql: creating a cluster in .data/postgresql/data (owner $user)"
+        out="$(as_pg "$bin/initdb" -D "$PG_DATA" -U "$user" -E UTF8 --locale=C.UTF-8 --auth=trust 2>&1)" || {
+            echo "$out" | tail -n 20 >&2
+            die "postgresql: initdb failed"
+        }
+    fi
+    as_pg mkdir -p "$PG_RUN"
+}
+
+# ensure_pg_database BINDIR: the database FerretDB stores its data in.
+ensure_pg_database() {
+    local bin="$1" user found
+    user="$(pg_os_user)"
+    found="$(PGCONNECT_TIMEOUT=5 "$bin/psql" -X -q -t -A -h 127.0.0.1 -p "$POSTGRESQL_PORT" -U "$user" -d postgres \
+        -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DATABASE'" 2>&1)" ||
+        die "postgresql: cannot connect to 127.0.0.1:$POSTGRESQL_PORT as $user: $found"
+    if [ "$found" != 1 ]; then
+        say "postgresql: creating database $PG_DATABASE"
+        PGCONNECT_TIMEOUT=5 "$bin/createdb" -h 127.0.0.1 -p "$POSTGRESQL_PORT" -U "$user" -E UTF8 "$PG_DATABASE" ||
+            die "postgresql: could not create database $PG_DATABASE"
+    fi
+}
+
+start_postgresql() {
+    local port="$POSTGRESQL_PORT" rc=0 pid other bin
+    bin="$(pg_bindir)" ||
+        die "postgresql: no PostgreSQL server binaries in /usr/lib/postgresql/ (FERRETDB_BACKEND=postgresql scripts/install-system.sh installs them)"
+    pg_ping 127.0.0.1 "$port" || rc=$?
+    if [ "$rc" = 0 ]; then
+        pid="$(pid_of postgresql postgres "$port")"
+        if [ -n "$pid" ]; then
+            say "postgresql: already answering on 127.0.0.1:$port (pid $pid)"
+        else
+            say "postgresql: already answering on 127.0.0.1:$port (not started by this script)"
+        fi
+        ensure_pg_database "$bin"
+        return 0
+    fi
+    pid="$(pid_of postgresql postgres "$port")"
+    other="$(pid_of postgresql postgres)"
+    if [ -z "$pid" ] && [ -n "$other" ]; then
+        die "postgresql: the PostgreSQL started earlier (pid $other) listens on another port; run '$0 stop' first"
+    fi
+    if [ -z "$pid" ] && [ "$rc" = 2 ]; then
+        die "postgresql: port $port is in use by something that does not accept PostgreSQL connections (set POSTGRESQL_PORT)"
+    fi
+    if [ -z "$pid" ]; then
+        ensure_pg_cluster "$bin"
+        bin="$(pg_bindir)" || die "postgresql: the server binaries of the cluster's version are missing"
+        say "postgresql: starting PostgreSQL on 127.0.0.1:$port (cluster in .data/postgresql/data, log in .data/postgresql/postgresql.log)"
+        as_pg touch "$PG_LOG"
+        # pg_ctl returns once the server accepts connections; the server runs on in
+        # a session of its own, without this shell's file descriptors.
+        (
+            cd "$PG_DIR"
+            if [ "$(id -u)" = 0 ]; then
+                detached "$PG_LOG" runuser -u "$PG_SYSTEM_USER" -- "$bin/pg_ctl" start -w -t "$WAIT_SECONDS" \
+                    -D "$PG_DATA" -l "$PG_LOG" -o "-c listen_addresses=127.0.0.1 -p $port -k '$PG_RUN'"
+            else
+                detached "$PG_LOG" "$bin/pg_ctl" start -w -t "$WAIT_SECONDS" \
+                    -D "$PG_DATA" -l "$PG_LOG" -o "-c listen_addresses=127.0.0.1 -p $port -k '$PG_RUN'"
+            fi
+        ) || {
+            tail -n 20 "$PG_LOG" >&2 || true
+            die "postgresql: pg_ctl start failed; see .data/postgresql/postgresql.log"
+        }
+        pid="$(head -n 1 "$PG_DATA/postmaster.pid" 2>/dev/null || true)"
+        [[ "$pid" =~ ^[0-9]+$ ]] || die "postgresql: started, but $PG_DATA/postmaster.pid has no pid"
+        echo "$pid" >"$DATA/postgresql.pid"
+    else
+        say "postgresql: PostgreSQL (pid $pid) is starting; waiting"
+    fi
+    wait_ready PostgreSQL pg_ping 127.0.0.1 "$port" "$pid" "$PG_LOG"
+    ensure_pg_database "$bin"
+    say "postgresql: ready on 127.0.0.1:$port (pid $pid)"
+}
+
+# stop_postgresql: a fast shutdown (open transactions are rolled back, then a
+# clean checkpoint) of the PostgreSQL `start` launched; after 60 s an immediate one.
+stop_postgresql() {
+    local pid i
+    pid="$(pid_of postgresql postgres)"
+    if [ -z "$pid" ]; then
+        if [ "$FERRETDB_BACKEND" = postgresql ]; then
+            say "postgresql: not started by this script; nothing to stop"
+        fi
+        return 0
+    fi
+    say "postgresql: stopping pid $pid"
+    kill -INT "$pid" 2>/dev/null || true
+    for ((i = 0; i < 300; i++)); do
+        alive "$pid" || break
+        sleep 0.2
+    done
+    if alive "$pid"; then
+        say "postgresql: pid $pid still running after 60s; immediate shutdown"
+        kill -QUIT "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            alive "$pid" || break
+            sleep 0.2
+        done
+    fi
+    rm -f "$DATA/postgresql.pid"
+    say "postgresql: stopped"
 }
 
 start_redis() {
@@ -325,11 +570,15 @@ case "${1:-}" in
     stop)
         lock
         stop_one ferretdb mongodb ferretdb-
+        stop_postgresql
         stop_one redis redis redis-server
         ;;
     status)
         rc=0
         status_one mongodb mongo_ping "$MONGODB_URL" 27017 ferretdb ferretdb- || rc=1
+        if [ "$FERRETDB_BACKEND" = postgresql ] || [ -n "$(pid_of postgresql postgres)" ]; then
+            status_one postgresql pg_ping "postgresql://127.0.0.1:$POSTGRESQL_PORT" 5433 postgresql postgres || rc=1
+        fi
         status_one redis redis_ping "$REDIS_URL" 6379 redis redis-server || rc=1
         exit "$rc"
         ;;
