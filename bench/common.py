@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -36,16 +35,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def raise_nofile(wanted: int) -> int:
-    """Raise this process's open-file limit (children inherit it) up to the hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
 
 
 def load_average() -> tuple[float, float, float]:

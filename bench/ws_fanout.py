@@ -56,13 +56,17 @@ from bench.common import (
     log,
     login,
     percentile,
-    raise_nofile,
     register_many,
     rss_kib,
     script_server,
     tidings_server,
 )
-from tests.launcher import HOST, Isolation, ServerProcess
+from tests.launcher import (
+    HOST,
+    Isolation,
+    ServerProcess,
+    raise_nofile,
+)
 
 TARGET_CPU_US = 30.0
 TARGET_RSS_KIB = 20.0

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import http.client
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -48,6 +49,16 @@ class LaunchError(RuntimeError):
 
 
 _handed_out: set[int] = set()
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's open-file limit (children inherit it) up to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
 
 
 def free_port() -> int:

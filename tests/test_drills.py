@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import socket
 import struct
 import time
@@ -43,6 +42,7 @@ from tests.launcher import (
     RedisProcess,
     ServerProcess,
     http_status,
+    raise_nofile,
     server_env,
     wait_ready,
 )
@@ -98,16 +98,6 @@ def recorded(name: str) -> Iterator[dict[str, Any]]:
         text = json.dumps(figures, indent=2, sort_keys=False, default=str)
         (OUTPUT / f"{name}.json").write_text(text + "\n")
         print(f"drill {name}: {text}")
-
-
-def raise_nofile(wanted: int) -> int:
-    """Raise this process's open-file limit (the servers inherit it) up to the hard limit; the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
 
 
 # Processes
