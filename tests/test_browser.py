@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -10,7 +11,17 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Dialog, Page, Route, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Dialog,
+    Page,
+    Route,
+    WebSocketRoute,
+    async_playwright,
+    expect,
+)
 
 from tests.live_server import LiveServer, live_server
 
@@ -350,4 +361,100 @@ async def test_xss_name_and_title_render_as_text(
     assert panel.dialogs == []
     assert live.dialogs == []
     panel.assert_clean()
+    live.assert_clean()
+
+
+async def test_live_page_loads_existing_resumes_without_duplicates_and_marks_all_read(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    user = await new_user(server, f"fran_{uuid.uuid4().hex[:6]}")
+    live = await open_page(browser, contexts)
+    page = live.page
+
+    async def token_of(person: Person) -> str:
+        login = await page.request.post(
+            f"{server.url}/api/v1/auth/login", data={"email": person.email, "password": person.password}
+        )
+        assert login.status == 200, await login.text()
+        token: str = (await login.json())["access_token"]
+        return token
+
+    admin_token = await token_of(admin)
+    user_token = await token_of(user)
+
+    async def send(title: str) -> None:
+        sent = await page.request.post(
+            f"{server.url}/api/v1/notifications",
+            data={"title": title, "body": "", "user_ids": [user.id]},
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
+        assert sent.status == 201, await sent.text()
+
+    async def unread_count() -> int:
+        response = await page.request.get(
+            f"{server.url}/api/v1/notifications/unread-count", headers={"Authorization": f"Bearer {user_token}"}
+        )
+        assert response.status == 200, await response.text()
+        count: int = (await response.json())["unread"]
+        return count
+
+    # Every socket of the page goes through Playwright, which can close it from the server's side.
+    sockets: list[WebSocketRoute] = []
+
+    def through(ws: WebSocketRoute) -> None:
+        ws.connect_to_server()
+        sockets.append(ws)
+
+    await page.route_web_socket(re.compile(r"/api/v1/ws$"), through)
+
+    # Two notifications exist before the page logs in: it shows both, newest first, and counts them.
+    await send("before one")
+    await send("before two")
+    await page.goto(f"{server.url}/")
+    await live_login(live, user)
+    items = page.locator("#notifications li")
+    await expect(items.locator("h3")).to_have_text(["before two", "before one"])
+    await expect(page.locator("#unread")).to_have_text("2")
+    await expect(page.locator("#empty")).to_be_hidden()
+    await expect(page.get_by_role("button", name="Older")).to_be_hidden()
+
+    # The server closes the socket (4000: reconnect). Three more are sent while the page is away: its reconnect
+    # (which loads the newest page first) is held until they are stored.
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        held.set()
+        await release.wait()
+        await route.continue_()
+
+    await page.route(re.compile(r"/api/v1/notifications\?"), hold)
+    assert len(sockets) == 1
+    await sockets[0].close(code=4000, reason="reconnect")
+    await asyncio.wait_for(held.wait(), TIMEOUT_MS / 1000)
+    for n in range(3):
+        await send(f"missed {n}")
+    release.set()
+    await expect(page.locator("#status")).to_have_text("live")
+    await expect(items.locator("h3")).to_have_text(["missed 2", "missed 1", "missed 0", "before two", "before one"])
+    await page.unroute(re.compile(r"/api/v1/notifications\?"), hold)
+    assert len(sockets) == 2
+    await expect(page.locator("#unread")).to_have_text(str(await unread_count()))
+    await expect(page.locator("#unread")).to_have_text("5")
+
+    # A live one after the reconnect is counted once and shown once.
+    await send("live after")
+    await expect(items.locator("h3").first).to_have_text("live after")
+    await expect(page.locator("#unread")).to_have_text("6")
+    assert await unread_count() == 6
+    ids = await items.evaluate_all("items => items.map((item) => item.id)")
+    assert len(ids) == 6 and len(set(ids)) == 6, ids
+
+    # "Mark all read" marks everything read, here and on the server.
+    await page.get_by_role("button", name="Mark all read").click()
+    await expect(page.locator("#unread")).to_have_text("0")
+    await expect(page.locator("#notifications li.unread")).to_have_count(0)
+    await expect(page.locator("#notifications li.read")).to_have_count(6)
+    assert await unread_count() == 0
+
+    assert live.dialogs == []
     live.assert_clean()
