@@ -47,5 +47,8 @@ bench: services
 	@bash scripts/install-system.sh --bench
 	$(BIN)/python bench/auth_hot_path.py
 
+# A PostgreSQL cluster that could not live in .data/ (scripts/services.sh) is removed with the link to it.
 clean: stop
+	@target=$$(readlink -f .data/postgresql 2>/dev/null || true); \
+	if [ -L .data/postgresql ] && [ "$${target#/var/lib/tidings-pg/}" != "$$target" ]; then rm -rf "$$target"; fi
 	rm -rf $(VENV) .data .mypy_cache .pytest_cache .ruff_cache

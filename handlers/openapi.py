@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from string import Template
 from typing import Any, NoReturn
 
@@ -15,7 +16,8 @@ from apispec import BasePlugin
 from webargs.aiohttpparser import AIOHTTPParser, is_json_request
 from webargs.core import missing
 
-from tidings.handlers.json_input import InvalidJson, parse_json
+from tidings.handlers.json_input import InvalidJson, NulInJson, parse_json
+from tidings.handlers.nul import nul_errors
 from tidings.handlers.schemas import MAX_RECIPIENTS, ErrorSchema, SendNotificationSchema
 from tidings.server.adapters.errors import BadRequest, ValidationFailed
 from tidings.server.keys import validated_key
@@ -57,7 +59,10 @@ def error_responses(*statuses: int, **descriptions: str) -> dict[int, dict[str, 
 
 
 class Parser(AIOHTTPParser):
-    """webargs' parser with tidings' errors: 400 for a body that is not JSON, 422 for schema mismatches."""
+    """webargs' parser with tidings' errors: 400 for a body that is not JSON, 422 for schema mismatches, and 422
+    for a NUL anywhere in the body, the query string or the path (handlers/nul.py), before the schema sees them.
+
+    The request locations tidings' handlers declare are json, querystring and match_info: each loader checks."""
 
     async def load_json(self, req: web.Request, schema: m.Schema) -> Any:
         if not req.body_exists:
@@ -75,8 +80,18 @@ class Parser(AIOHTTPParser):
             raise BadRequest("The body is not valid JSON: it is not text in its charset.") from None
         try:
             return parse_json(text)
+        except NulInJson as exc:
+            raise ValidationFailed(details=exc.errors) from None
         except InvalidJson as exc:
             raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+
+    def load_querystring(self, req: web.Request, schema: m.Schema) -> Any:
+        _refuse_nul(req.query)
+        return super().load_querystring(req, schema)
+
+    def load_match_info(self, req: web.Request, schema: m.Schema) -> Any:
+        _refuse_nul(req.match_info)
+        return super().load_match_info(req, schema)
 
     def _handle_invalid_json_error(self, error: Exception, req: web.Request, *args: Any, **kwargs: Any) -> NoReturn:
         raise BadRequest("The body is not valid JSON.")
@@ -87,6 +102,13 @@ class Parser(AIOHTTPParser):
             # webargs nests messages under the location ("json", "querystring"); one location needs no nesting.
             (messages,) = messages.values()
         raise ValidationFailed(details=messages)
+
+
+def _refuse_nul(fields: Mapping[str, Any]) -> None:
+    """422 naming each query parameter or path part that holds a NUL (handlers/nul.py)."""
+    errors = nul_errors(fields)
+    if errors:
+        raise ValidationFailed(details=errors)
 
 
 class OperationsAsServed(BasePlugin):

@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from tidings.documents.ids import parse_object_id
+from tidings.handlers.nul import NUL
 
 USERNAME = validate.Regexp(r"^[A-Za-z0-9_.-]{3,32}$", error="3 to 32 letters, digits, '_', '.' or '-'.")
 PASSWORD = validate.Length(min=8, max=128)
@@ -17,11 +18,13 @@ MAX_RECIPIENTS = 1000
 RECIPIENT_COUNT = validate.Length(min=1, max=MAX_RECIPIENTS)
 # The ids parse_object_id accepts, as the OpenAPI document states them.
 OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
+NUL_ESCAPED = "\\u0000"  # how a sentence shows a NUL in a field name
 
 
 def error_sentences(messages: Any, field: str = "") -> list[str]:
     """Validation messages (nested by field, index or list) as sentences, one per message: "email: Not a valid
-    email address." Schema-wide messages have no field."""
+    email address." Schema-wide messages have no field. A NUL in a field name (a key a client sent, refused by
+    handlers/nul.py) is written as \\u0000, as JSON would."""
     if isinstance(messages, dict):
         return [
             sentence
@@ -30,7 +33,7 @@ def error_sentences(messages: Any, field: str = "") -> list[str]:
         ]
     if isinstance(messages, list):
         return [sentence for value in messages for sentence in error_sentences(value, field)]
-    prefix = f"{field}: " if field and field != "_schema" else ""
+    prefix = f"{field.replace(NUL, NUL_ESCAPED)}: " if field and field != "_schema" else ""
     return [f"{prefix}{messages}"]
 
 

@@ -18,8 +18,9 @@ from redis.exceptions import RedisError
 
 from tidings.documents.ids import parse_object_id
 from tidings.handlers.credentials import bearer_token
-from tidings.handlers.json_input import InvalidJson, parse_json
+from tidings.handlers.json_input import InvalidJson, NulInJson, parse_json
 from tidings.handlers.openapi import BEARER, error_responses
+from tidings.handlers.schemas import error_sentences
 from tidings.server.adapters.errors import ApiError, Forbidden, InvalidToken
 from tidings.server.keys import authenticator_key, hub_key, notifications_key, settings_key
 from tidings.server.realtime.frames import CloseCode
@@ -131,7 +132,10 @@ async def _authenticate_in_band(request: web.Request, ws: web.WebSocketResponse)
     except TimeoutError:
         await ws.close(code=CloseCode.AUTH_TIMEOUT, message=f"authenticate within {timeout:g} seconds".encode())
         return None
-    message = _parse(msg.data) if msg.type == WSMsgType.TEXT else None
+    try:
+        message = _parse(msg.data) if msg.type == WSMsgType.TEXT else None
+    except ClientMistake:
+        message = None  # not JSON, or a NUL in it (a token never holds one)
     token = message.get("token") if message and message.get("type") == "auth" else None
     if not isinstance(token, str):
         await ws.close(code=CloseCode.BAD_CREDENTIALS, message=b"first message must be auth")
@@ -143,12 +147,25 @@ async def _authenticate_in_band(request: web.Request, ws: web.WebSocketResponse)
         return None
 
 
-def _parse(data: Any) -> dict[str, Any] | None:
+class ClientMistake(Exception):
+    """A client message that is refused before it is acted on: its error's code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _parse(data: Any) -> dict[str, Any]:
+    """The one way a client message is read: a JSON object without a NUL in any string or key, or ClientMistake."""
     try:
         message = parse_json(data)
+    except NulInJson as exc:  # PostgreSQL cannot store a NUL (handlers/nul.py): never let one reach a query
+        raise ClientMistake("invalid_message", " ".join(error_sentences(exc.errors))) from None
     except InvalidJson:
-        return None
-    return message if isinstance(message, dict) else None
+        raise ClientMistake("invalid_json", "Messages must be JSON objects.") from None
+    if not isinstance(message, dict):
+        raise ClientMistake("invalid_json", "Messages must be JSON objects.")
+    return message
 
 
 async def _handle(
@@ -157,9 +174,10 @@ async def _handle(
     """Act on one client message; returns the client's error (code, message), if it made one."""
     if msg.type != WSMsgType.TEXT:
         return "unsupported", "Only JSON text messages are accepted."
-    message = _parse(msg.data)
-    if message is None:
-        return "invalid_json", "Messages must be JSON objects."
+    try:
+        message = _parse(msg.data)
+    except ClientMistake as exc:
+        return exc.code, exc.message
     kind = message.get("type")
     if kind == "ping":
         await ws.send_json({"type": "pong"})

@@ -3,8 +3,9 @@
 #   - redis-server / redis-cli            (always)
 #   - chromium                            (with --browser)
 #   - wrk                                 (with --bench)
-#   - a PostgreSQL server from Debian      (with FERRETDB_BACKEND=postgresql;
-#     postgresql-15, or `postgresql` where there is no postgresql-15)
+#   - a PostgreSQL server from Debian      (unless FERRETDB_BACKEND=sqlite;
+#     postgresql-15, or `postgresql` where there is no postgresql-15; the server
+#     binaries only: no cluster is created, scripts/services.sh runs its own)
 #   - the FerretDB launcher binary, built from scripts/ferretdb/ with Go into
 #     .cache/bin/ferretdb-v1.24.2, only when missing or built from other sources.
 # apt-get (and `apt-get update`) only run when something is missing.
@@ -18,7 +19,7 @@ FERRETDB_SRC="$ROOT/scripts/ferretdb"
 FERRETDB_BIN="$ROOT/.cache/bin/ferretdb-$FERRETDB_VERSION"
 # What the binary was built from: a hash of the launcher's sources, next to it.
 FERRETDB_STAMP="$FERRETDB_BIN.sources"
-FERRETDB_BACKEND="${FERRETDB_BACKEND:-sqlite}"
+FERRETDB_BACKEND="${FERRETDB_BACKEND:-postgresql}"
 GO_MIN_MINOR=24 # scripts/ferretdb/go.mod says `go 1.24`
 
 want_browser=0
@@ -28,7 +29,7 @@ for arg in "$@"; do
         --browser) want_browser=1 ;;
         --bench) want_bench=1 ;;
         -h | --help)
-            sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -93,17 +94,35 @@ if [ "$FERRETDB_BACKEND" = postgresql ]; then
     done
 fi
 
+# no_main_cluster: Debian's PostgreSQL server package creates (and, where services
+# start, starts) a cluster "main" on port 5432 when it is first installed, unless
+# create_main_cluster is off. The setting goes in createcluster.d/, which Debian's
+# createcluster.conf includes; it only affects clusters created by packages.
+no_main_cluster() {
+    local dir=/etc/postgresql-common/createcluster.d
+    [ ! -e "$dir/tidings.conf" ] || return 0
+    "${SUDO[@]}" mkdir -p "$dir"
+    printf '%s\n' "# Written by tidings' scripts/install-system.sh: installing a PostgreSQL server" \
+        "# package creates no cluster (tidings runs its own, see scripts/services.sh)." \
+        "create_main_cluster = off" | "${SUDO[@]}" tee "$dir/tidings.conf" >/dev/null
+}
+
 if [ "${#missing[@]}" -gt 0 ] || [ "$want_postgresql" = 1 ]; then
+    wanted="${missing[*]}"
+    if [ "$want_postgresql" = 1 ]; then
+        wanted="${wanted:+$wanted }postgresql-15 (or set FERRETDB_BACKEND=sqlite)"
+    fi
     SUDO=()
     if [ "$(id -u)" != 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to install: ${missing[*]}"
+        command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to install: $wanted"
         SUDO=(sudo)
     fi
-    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: ${missing[*]}"
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: $wanted"
     APT=("${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -qq)
     say "apt-get update"
     quiet "${APT[@]}" update
     if [ "$want_postgresql" = 1 ]; then
+        no_main_cluster
         if [ -n "$(apt-cache policy postgresql-15 2>/dev/null | sed -n 's/^ *Candidate: *//p' | grep -v '(none)' || true)" ]; then
             missing+=(postgresql-15)
         else

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts, stops and checks the services tidings needs: a MongoDB-compatible server
-# (FerretDB v1.24.2 on SQLite, built by scripts/install-system.sh) and Redis.
+# (FerretDB v1.24.2 on PostgreSQL, built by scripts/install-system.sh) and Redis.
 #
 # Usage: scripts/services.sh start|stop|status
+#        scripts/services.sh postgresql-database create|drop NAME
 #
 # MONGODB_URL (default mongodb://127.0.0.1:27017) and REDIS_URL (default
 # redis://127.0.0.1:6379/0) say where they are. A service whose URL points at
@@ -10,10 +11,17 @@
 # (data, logs and pid files under .data/) unless something already answers on its
 # port; `stop` stops only what `start` launched. A service elsewhere is only checked.
 #
-# FERRETDB_BACKEND=postgresql (opt-in; default sqlite) stores FerretDB's data in
-# PostgreSQL instead: `start` then also runs a PostgreSQL cluster in
-# .data/postgresql/ on 127.0.0.1:POSTGRESQL_PORT (default 5433), as the system
-# user tidings-pg (created if missing) when run as root, else as the current user.
+# FERRETDB_BACKEND (default postgresql) says where FerretDB stores its data. With
+# postgresql, `start` also runs a PostgreSQL cluster in .data/postgresql/ on
+# 127.0.0.1:POSTGRESQL_PORT (default 5433), as the system user tidings-pg (created
+# if missing) when run as root, else as the current user. When tidings-pg cannot
+# reach .data/ (a parent folder such as /root is closed to others), the cluster
+# goes in /var/lib/tidings-pg/<hash of the checkout's path>/ and .data/postgresql
+# links to it. With sqlite, FerretDB keeps SQLite files in .data/ferretdb/.
+#
+# `postgresql-database create NAME` creates a database in that cluster (it must
+# be running) and prints FerretDB's URL for it; `drop NAME` drops it, closing its
+# connections. tests/launcher.py uses them for a FerretDB of a test's own.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,15 +30,28 @@ FERRETDB_BIN="$ROOT/.cache/bin/ferretdb-v1.24.2"
 MONGODB_URL="${MONGODB_URL:-mongodb://127.0.0.1:27017}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 WAIT_SECONDS="${SERVICES_WAIT_SECONDS:-30}"
-FERRETDB_BACKEND="${FERRETDB_BACKEND:-sqlite}"
+FERRETDB_BACKEND="${FERRETDB_BACKEND:-postgresql}"
 POSTGRESQL_PORT="${POSTGRESQL_PORT:-5433}"
-PG_DIR="$DATA/postgresql" # owned by the PostgreSQL user, mode 0700
-PG_DATA="$PG_DIR/data"    # the cluster
-PG_RUN="$PG_DIR/run"      # its unix socket
-PG_LOG="$PG_DIR/postgresql.log"
+PG_LINK="$DATA/postgresql" # the cluster's folder, or a link to it (see pg_paths)
 PG_DATABASE=ferretdb
 # PostgreSQL refuses to run as root: root runs it as this system user.
 PG_SYSTEM_USER=tidings-pg
+# Where root puts the cluster when PG_SYSTEM_USER cannot reach .data/.
+PG_OUTSIDE=/var/lib/tidings-pg
+
+# pg_paths DIR: the cluster's folder (owned by the PostgreSQL user, mode 0700) and
+# what is in it.
+pg_paths() {
+    PG_DIR="$1"
+    PG_DATA="$PG_DIR/data"          # the cluster
+    PG_RUN="$PG_DIR/run"            # its unix socket
+    PG_LOG="$PG_DIR/postgresql.log" # its log
+}
+if [ -L "$PG_LINK" ]; then
+    pg_paths "$(readlink -f "$PG_LINK")"
+else
+    pg_paths "$PG_LINK"
+fi
 
 say() { echo "services: $*"; }
 die() {
@@ -227,7 +248,8 @@ start_mongodb() {
     elif [ -z "$pid" ]; then
         mkdir -p "$DATA/ferretdb"
         say "mongodb: starting FerretDB on 127.0.0.1:$port (data in .data/ferretdb/, log in .data/ferretdb.log)"
-        (detached "$log" nohup "$FERRETDB_BIN" -listen "127.0.0.1:$port" -data "$DATA/ferretdb" -log-level warn) &
+        (detached "$log" nohup "$FERRETDB_BIN" -listen "127.0.0.1:$port" -handler sqlite -data "$DATA/ferretdb" \
+            -log-level warn) &
         pid=$!
         echo "$pid" >"$DATA/ferretdb.pid"
     else
@@ -241,22 +263,72 @@ start_mongodb() {
 # script started, says if it runs another backend than FERRETDB_BACKEND asks for,
 # and keeps the PostgreSQL it needs running.
 check_running_backend() {
-    local pid cmd running=sqlite
-    pid="$(pid_of ferretdb ferretdb- "$1")"
-    [ -n "$pid" ] || return 0
-    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
-    if [[ "$cmd " == *" -handler postgresql "* ]]; then
-        running=postgresql
-    fi
+    local running
+    running="$(running_backend "$1")"
+    [ -n "$running" ] || return 0
     if [ "$running" != "$FERRETDB_BACKEND" ]; then
-        say "mongodb: note: this FerretDB (pid $pid) stores its data in $running; FERRETDB_BACKEND=$FERRETDB_BACKEND takes effect after '$0 stop'"
+        say "mongodb: note: this FerretDB (pid $(pid_of ferretdb ferretdb- "$1")) stores its data in $running; FERRETDB_BACKEND=$FERRETDB_BACKEND takes effect after '$0 stop'"
     fi
     if [ "$running" = postgresql ]; then
         start_postgresql
     fi
 }
 
-# --- PostgreSQL (FERRETDB_BACKEND=postgresql) ----------------------------------
+# running_backend PORT: the backend (sqlite or postgresql) of the FerretDB this
+# script started on PORT; nothing when it did not start one there.
+running_backend() {
+    local pid cmd
+    pid="$(pid_of ferretdb ferretdb- "$1")"
+    [ -n "$pid" ] || return 0
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+    if [[ "$cmd " == *" -handler postgresql "* ]]; then
+        echo postgresql
+    else
+        echo sqlite
+    fi
+}
+
+# pg_expected: whether `status` should find PostgreSQL up: this script started it,
+# or the local FerretDB runs (or `start` would start it) on PostgreSQL. A MongoDB
+# elsewhere, or one this script did not start, needs none.
+pg_expected() {
+    local running
+    [ -z "$(pid_of postgresql postgres)" ] || return 0
+    parse_url "$MONGODB_URL" 27017
+    is_local "$U_HOST" || return 1
+    running="$(running_backend "$U_PORT")"
+    if [ -n "$running" ]; then
+        [ "$running" = postgresql ]
+        return
+    fi
+    [ "$FERRETDB_BACKEND" = postgresql ] || return 1
+    ! mongo_ping "$U_HOST" "$U_PORT"
+}
+
+# pg_database_command create|drop NAME: a database of a test's own in the cluster
+# (tests/launcher.py). create prints FerretDB's URL for it; drop closes its
+# connections first. The cluster must be running.
+pg_database_command() {
+    local action="$1" name="$2" bin user out
+    [ "$action" = create ] || [ "$action" = drop ] || die "usage: $0 postgresql-database create|drop NAME"
+    [[ "$name" =~ ^[a-z_][a-z0-9_]{0,62}$ ]] ||
+        die "postgresql-database: NAME must be up to 63 lower-case letters, digits and _, not '$name'"
+    bin="$(pg_bindir)" || die "postgresql: no PostgreSQL server binaries in /usr/lib/postgresql/"
+    user="$(pg_os_user)"
+    case "$action" in
+        create)
+            out="$(PGCONNECT_TIMEOUT=5 "$bin/createdb" -h 127.0.0.1 -p "$POSTGRESQL_PORT" -U "$user" -E UTF8 "$name" 2>&1)" ||
+                die "postgresql: could not create database $name on 127.0.0.1:$POSTGRESQL_PORT (is it running? '$0 start'): $out"
+            postgresql_url "$name"
+            ;;
+        drop)
+            out="$(PGCONNECT_TIMEOUT=5 "$bin/dropdb" -h 127.0.0.1 -p "$POSTGRESQL_PORT" -U "$user" --if-exists --force "$name" 2>&1)" ||
+                die "postgresql: could not drop database $name on 127.0.0.1:$POSTGRESQL_PORT: $out"
+            ;;
+    esac
+}
+
+# --- PostgreSQL (FERRETDB_BACKEND=postgresql, the default) ---------------------
 
 # pg_os_user: the system user the cluster runs as.
 pg_os_user() {
@@ -267,11 +339,12 @@ pg_os_user() {
     fi
 }
 
-# postgresql_url: FerretDB's URL for the cluster. force_custom_plan: FerretDB's
-# prepared statements take the field name as a parameter, and only a plan made
-# for the actual values can use the indexer's expression indexes.
+# postgresql_url [DATABASE]: FerretDB's URL for a database of the cluster (default
+# ferretdb). force_custom_plan: FerretDB's prepared statements take the field name
+# as a parameter, and only a plan made for the actual values can use the indexer's
+# expression indexes.
 postgresql_url() {
-    echo "postgres://$(pg_os_user)@127.0.0.1:$POSTGRESQL_PORT/$PG_DATABASE?plan_cache_mode=force_custom_plan"
+    echo "postgres://$(pg_os_user)@127.0.0.1:$POSTGRESQL_PORT/${1:-$PG_DATABASE}?plan_cache_mode=force_custom_plan"
 }
 
 # pg_bindir: the server binaries; those of the cluster's version once it exists,
@@ -324,13 +397,26 @@ as_pg() {
 # ensure_pg_cluster BINDIR: the system user, .data/postgresql/ and the cluster in
 # it (initdb, UTF8; trust authentication, as it listens on 127.0.0.1 only).
 ensure_pg_cluster() {
-    local bin="$1" user out owner
+    local bin="$1" user out owner outside
     user="$(pg_os_user)"
     if [ "$(id -u)" = 0 ] && ! id -u "$PG_SYSTEM_USER" >/dev/null 2>&1; then
         say "postgresql: creating system user $PG_SYSTEM_USER (PostgreSQL does not run as root)"
         useradd --system --user-group --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin "$PG_SYSTEM_USER" ||
             die "postgresql: could not create system user $PG_SYSTEM_USER"
+    fi
+    if [ "$(id -u)" = 0 ] && [ ! -e "$PG_LINK" ] && [ ! -L "$PG_LINK" ] &&
+        ! runuser -u "$PG_SYSTEM_USER" -- test -x "$DATA"; then
+        # A checkout in /root, or in a `mktemp -d`: the cluster goes where
+        # PG_SYSTEM_USER can reach it, one folder per checkout.
+        outside="$PG_OUTSIDE/$(printf '%s' "$ROOT" | sha256sum | cut -c1-16)"
+        mkdir -p "$outside"
+        chmod 755 "$PG_OUTSIDE"
+        chmod 700 "$outside"
+        chown "$PG_SYSTEM_USER:" "$outside"
+        ln -s "$outside" "$PG_LINK"
+        say "postgresql: $PG_SYSTEM_USER cannot reach .data/ (a parent folder is closed to others); the cluster goes in $outside, linked as .data/postgresql"
+        pg_paths "$outside"
     fi
     if [ ! -d "$PG_DIR" ]; then
         mkdir -p "$PG_DIR"
@@ -370,9 +456,9 @@ ensure_pg_database() {
 }
 
 start_postgresql() {
-    local port="$POSTGRESQL_PORT" rc=0 pid other bin
+    local port="$POSTGRESQL_PORT" rc=0 pid other bin options
     bin="$(pg_bindir)" ||
-        die "postgresql: no PostgreSQL server binaries in /usr/lib/postgresql/ (FERRETDB_BACKEND=postgresql scripts/install-system.sh installs them)"
+        die "postgresql: no PostgreSQL server binaries in /usr/lib/postgresql/ (scripts/install-system.sh installs them; FERRETDB_BACKEND=sqlite needs none)"
     pg_ping 127.0.0.1 "$port" || rc=$?
     if [ "$rc" = 0 ]; then
         pid="$(pid_of postgresql postgres "$port")"
@@ -397,16 +483,19 @@ start_postgresql() {
         bin="$(pg_bindir)" || die "postgresql: the server binaries of the cluster's version are missing"
         say "postgresql: starting PostgreSQL on 127.0.0.1:$port (cluster in .data/postgresql/data, log in .data/postgresql/postgresql.log)"
         as_pg touch "$PG_LOG"
+        # max_connections: each FerretDB pools up to 50 connections, and the tests'
+        # own FerretDBs (tests/launcher.py) share this cluster with the project's.
+        options="-c listen_addresses=127.0.0.1 -c max_connections=300 -p $port -k '$PG_RUN'"
         # pg_ctl returns once the server accepts connections; the server runs on in
         # a session of its own, without this shell's file descriptors.
         (
             cd "$PG_DIR"
             if [ "$(id -u)" = 0 ]; then
                 detached "$PG_LOG" runuser -u "$PG_SYSTEM_USER" -- "$bin/pg_ctl" start -w -t "$WAIT_SECONDS" \
-                    -D "$PG_DATA" -l "$PG_LOG" -o "-c listen_addresses=127.0.0.1 -p $port -k '$PG_RUN'"
+                    -D "$PG_DATA" -l "$PG_LOG" -o "$options"
             else
                 detached "$PG_LOG" "$bin/pg_ctl" start -w -t "$WAIT_SECONDS" \
-                    -D "$PG_DATA" -l "$PG_LOG" -o "-c listen_addresses=127.0.0.1 -p $port -k '$PG_RUN'"
+                    -D "$PG_DATA" -l "$PG_LOG" -o "$options"
             fi
         ) || {
             tail -n 20 "$PG_LOG" >&2 || true
@@ -576,14 +665,17 @@ case "${1:-}" in
     status)
         rc=0
         status_one mongodb mongo_ping "$MONGODB_URL" 27017 ferretdb ferretdb- || rc=1
-        if [ "$FERRETDB_BACKEND" = postgresql ] || [ -n "$(pid_of postgresql postgres)" ]; then
+        if pg_expected; then
             status_one postgresql pg_ping "postgresql://127.0.0.1:$POSTGRESQL_PORT" 5433 postgresql postgres || rc=1
         fi
         status_one redis redis_ping "$REDIS_URL" 6379 redis redis-server || rc=1
         exit "$rc"
         ;;
+    postgresql-database)
+        pg_database_command "${2:-}" "${3:-}"
+        ;;
     *)
-        echo "usage: $0 start|stop|status" >&2
+        echo "usage: $0 start|stop|status, or $0 postgresql-database create|drop NAME" >&2
         exit 2
         ;;
 esac

@@ -3,6 +3,7 @@ and backing services of a test's own (redis-server, FerretDB) that a fault drill
 
 Imported by tests/ (live_server, test_multiprocess, test_wheel, test_cli, test_drills) and by bench/common.py, so it
 needs nothing from pytest. MONGODB_URL and REDIS_URL say where the services are (default: the project's local ones).
+FERRETDB_BACKEND (default postgresql, as for scripts/services.sh) says where a FerretDB of a test's own keeps its data.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +37,12 @@ HOST = "127.0.0.1"
 MONGODB_URL = os.environ.get("MONGODB_URL") or "mongodb://127.0.0.1:27017"
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 TIDINGS = Path(sys.executable).with_name("tidings")  # the console script next to this interpreter (.venv/bin)
+ROOT = Path(__file__).resolve().parents[1]
 # Built by scripts/install-system.sh; the project's FerretDB, and any a test starts of its own.
-FERRETDB = Path(__file__).resolve().parents[1] / ".cache" / "bin" / "ferretdb-v1.24.2"
+FERRETDB = ROOT / ".cache" / "bin" / "ferretdb-v1.24.2"
+# Starts the project's services; it also makes and drops the PostgreSQL databases of test FerretDBs.
+SERVICES = ROOT / "scripts" / "services.sh"
+FERRETDB_BACKEND = os.environ.get("FERRETDB_BACKEND") or "postgresql"
 START_TIMEOUT = 60.0  # a cold start imports a lot; every wait ends as soon as the server answers
 STOP_TIMEOUT = 15.0
 CLI_TIMEOUT = 60.0
@@ -333,6 +339,10 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
+    def close(self) -> None:
+        """`stop`, and remove what the service keeps outside `log_dir` (a FerretDB's PostgreSQL database)."""
+        self.stop()
+
     def pause(self) -> None:
         """SIGSTOP: the port stays open and connections stay up, but nothing is answered until `resume`."""
         if self.running:
@@ -381,17 +391,70 @@ class RedisProcess(ServiceProcess):
             return False
 
 
-class FerretDBProcess(ServiceProcess):
-    """FerretDB (FERRETDB) on 127.0.0.1:<port> with its SQLite files in `data_dir`, kept across restarts."""
+def _services(*args: str) -> str:
+    """`scripts/services.sh ARGS`'s output; a failure raises with its message."""
+    try:
+        done = subprocess.run(  # noqa: S603 - our own script
+            [str(SERVICES), *args], capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"scripts/services.sh {' '.join(args)} hung") from None
+    if done.returncode != 0:
+        raise LaunchError(f"scripts/services.sh {' '.join(args)} failed:\n{done.stderr.strip()}")
+    return done.stdout.strip()
 
-    def __init__(self, log_dir: Path, data_dir: Path, *, name: str = "ferretdb", port: int | None = None) -> None:
+
+def _drop_postgresql_database(name: str) -> None:
+    _services("postgresql-database", "drop", name)
+
+
+class FerretDBProcess(ServiceProcess):
+    """FerretDB (FERRETDB) on 127.0.0.1:<port>, its data kept across restarts.
+
+    On PostgreSQL (`backend`, by default FERRETDB_BACKEND) the data is a database of its own in the project's cluster
+    (the one scripts/services.sh runs, which must be up): created at the first `start`, dropped by `close` (or, if
+    nothing called it, when this interpreter exits). On SQLite, the data is files in `data_dir`.
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        data_dir: Path,
+        *,
+        name: str = "ferretdb",
+        port: int | None = None,
+        backend: str = FERRETDB_BACKEND,
+    ) -> None:
+        if backend not in ("postgresql", "sqlite"):
+            raise ValueError(f"FerretDB backend must be postgresql or sqlite, not {backend!r}")
         port = free_port() if port is None else port
-        argv = [str(FERRETDB), "-listen", f"{HOST}:{port}", "-data", str(data_dir), "-log-level", "warn"]
+        self.backend = backend
+        self.data_dir = data_dir
+        self.database: str | None = None  # the PostgreSQL database, once created
+        self._drop: weakref.finalize[[str], FerretDBProcess] | None = None
+        argv = [str(FERRETDB), "-listen", f"{HOST}:{port}", "-log-level", "warn"]
+        if backend == "sqlite":
+            argv += ["-handler", "sqlite", "-data", str(data_dir)]
         super().__init__(name, argv, log_dir, port)
 
     @staticmethod
     def installed() -> bool:
         return FERRETDB.is_file()
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        if self.backend == "postgresql" and self.database is None:
+            database = f"tidings_ferretdb_{uuid.uuid4().hex[:12]}"
+            postgresql_url = _services("postgresql-database", "create", database)
+            self.database = database
+            self._drop = weakref.finalize(self, _drop_postgresql_database, database)
+            self.argv += ["-handler", "postgresql", "-postgresql-url", postgresql_url]
+        super().start(timeout)
+
+    def close(self) -> None:
+        """`stop`, then drop its PostgreSQL database (SQLite files stay in `data_dir`, which the caller owns)."""
+        self.stop()
+        if self._drop is not None:
+            self._drop()
 
     @property
     def url(self) -> str:

@@ -126,7 +126,7 @@ class Drill:
             with contextlib.suppress(Exception):  # a service a failed drill left stopped has nothing to drop
                 await asyncio.wait_for(isolation.adrop(), 15)
         for service in self.services:
-            await asyncio.to_thread(service.stop)
+            await asyncio.to_thread(service.close)
 
     async def redis(self) -> RedisProcess:
         if not RedisProcess.installed():

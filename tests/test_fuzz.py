@@ -180,8 +180,16 @@ def fuzz(served: Served) -> Tally:
             try:
                 fuzz_one(run, sender(run.label, admin_headers() if run.as_admin else {}))
             except Exception as exc:  # one failing run must not hide the others
-                tally.failures.append(str(exc) if isinstance(exc, AssertionError) else f"{run.label}: {exc!r}")
+                tally.failures.append(describe(run.label, exc))
     return tally
+
+
+def describe(label: str, exc: BaseException) -> str:
+    """What failed, with what Hypothesis wraps (a flaky failure carries the first call's error)."""
+    text = str(exc) if isinstance(exc, AssertionError) else f"{label}: {exc!r}"
+    if isinstance(exc, BaseExceptionGroup):
+        text += "".join(f"\n  caused by {inner!r}" for inner in exc.exceptions)
+    return text
 
 
 async def register(session: ClientSession, email: str, username: str) -> str:

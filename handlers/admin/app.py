@@ -12,6 +12,7 @@ from aiohttp import web
 from tidings.handlers.admin import audit, dashboard, login, notifications, users
 from tidings.handlers.admin.cookies import take_flash
 from tidings.handlers.admin.csrf import csrf_token_for
+from tidings.handlers.admin.forms import refuse_nul
 from tidings.handlers.admin.session import admin_middleware
 from tidings.handlers.assets import TEMPLATES_DIR
 from tidings.server.keys import principal_key
@@ -59,5 +60,7 @@ def create_admin_app() -> web.Application:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["datetime"] = _datetime
+    # After the gate and the context processors' middleware (which setup appended): the refusal is a panel page.
+    panel.middlewares.append(refuse_nul)
     setup_routes(panel)
     return panel

@@ -30,9 +30,13 @@ import (
 )
 
 // defaultIndexFields are the top-level fields tidings' hot queries select by equality
-// (notifications by recipient, sessions by user, users by email and username keys,
-// read receipts by dispatch).
-var defaultIndexFields = []string{"recipient_id", "user_id", "email_key", "username_key", "dispatch_id"}
+// (notifications by recipient, by unread reader and by broadcast page; sessions and
+// receipts by user; users by email and username keys and by search key; read
+// receipts by dispatch and by notification).
+var defaultIndexFields = []string{
+	"recipient_id", "user_id", "email_key", "username_key", "dispatch_id",
+	"unread_by", "broadcast_page", "search_keys", "notification_id", "created_day", "log_page", "fold_slot",
+}
 
 // fieldName is what -index-fields accepts: a plain top-level field name. FerretDB
 // does not push dotted paths or operators down, and a plain name needs no quoting.
@@ -404,10 +408,13 @@ func (x *pgIndexer) indexTable(ctx context.Context, t pgTable, coll string) erro
 	}
 
 	// create is the statement for the index of names[i], on fields[i]; the field
-	// was checked by parseIndexFields, so no quote can be in it.
+	// was checked by parseIndexFields, so no quote can be in it. fastupdate off:
+	// each row gives these indexes one key, so the pending list saves little, and
+	// its clean-up (by whichever write finds it full, or by a query after a bulk
+	// load) made single requests take hundreds of milliseconds.
 	create := func(i int, how string) string {
 		return fmt.Sprintf(
-			`CREATE INDEX %sIF NOT EXISTS %s ON %s USING gin ((_jsonb -> '%s') jsonb_path_ops)`,
+			`CREATE INDEX %sIF NOT EXISTS %s ON %s USING gin ((_jsonb -> '%s') jsonb_path_ops) WITH (fastupdate = off)`,
 			how,
 			pgx.Identifier{names[i]}.Sanitize(),
 			pgx.Identifier{t.Schema, t.Name}.Sanitize(),

@@ -25,6 +25,22 @@ func TestParseIndexFields(t *testing.T) {
 	}
 }
 
+// TestDefaultIndexFields checks the fields indexed when -index-fields is not given.
+func TestDefaultIndexFields(t *testing.T) {
+	got, err := parseIndexFields(strings.Join(defaultIndexFields, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	want := []string{
+		"_id", "recipient_id", "user_id", "email_key", "username_key", "dispatch_id",
+		"unread_by", "broadcast_page", "search_keys", "notification_id", "created_day", "log_page", "fold_slot",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
 // TestPgIndexName checks PostgreSQL's 63-byte limit and that long names stay distinct.
 func TestPgIndexName(t *testing.T) {
 	if got := pgIndexName("notifications_f352e36f", "recipient_id"); got != "notifications_f352e36f_tdg_recipient_id" {

@@ -1,5 +1,6 @@
 // Command ferretdb-launcher runs an embedded FerretDB v1 (MongoDB wire protocol)
-// backed by SQLite (the default) or PostgreSQL, for local development and tests of
+// backed by PostgreSQL (what scripts/services.sh starts by default) or SQLite (the
+// flag default here, as it needs nothing else), for local development and tests of
 // tidings, next to an indexer that adds the indexes FerretDB's own queries can use.
 //
 // A plain `go install github.com/FerretDB/FerretDB/cmd/ferretdb` binary panics at
