@@ -65,6 +65,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import redis.asyncio as aioredis
 import uvloop
 from argon2 import PasswordHasher, Type
 from beanie import init_beanie
@@ -88,10 +89,26 @@ from bench.common import (
     tidings_server,
 )
 from tests.launcher import HOST, MONGODB_URL, Isolation, ServerProcess
-from tidings.documents import ALL_DOCUMENTS, BroadcastReceipt, Dispatch, Inbox, Notification, User
-from tidings.documents.clock import utcnow
+from tidings.documents import (
+    ALL_DOCUMENTS,
+    BroadcastIndex,
+    BroadcastReceipt,
+    CoveragePage,
+    CoverageSummary,
+    CoverageTally,
+    Dispatch,
+    DispatchLogDirectory,
+    Inbox,
+    Notification,
+    ReadCounter,
+    ReadTally,
+    User,
+)
+from tidings.documents.clock import day_number, utcnow
+from tidings.documents.dispatch_log import LOG_PAGE_SIZE
 from tidings.documents.ids import new_id
-from tidings.documents.user import email_key, username_key
+from tidings.documents.notification import BROADCAST_PAGE_SIZE
+from tidings.documents.user import email_key, search_keys_for, username_key
 from tidings.handlers.admin.cookies import SESSION_COOKIE
 from tidings.server.settings import Settings
 
@@ -218,8 +235,11 @@ class Writer:
 class Seeder:
     """Valid documents of documents/*.py, inserted straight into the bench's own database."""
 
-    def __init__(self, db: AsyncDatabase[Doc], rng: random.Random, password_hash: str, batch: int) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Doc], rng: random.Random, password_hash: str, batch: int, isolation: Isolation
+    ) -> None:
         self.db = db
+        self.isolation = isolation
         self.rng = rng
         self.password_hash = password_hash
         self.writer = Writer(db, batch)
@@ -234,6 +254,16 @@ class Seeder:
         self.inboxes_created = False
         self.sent = 0
         self.bound = False
+        # What the server keeps beside the documents, as it would have kept it: the log of sends (one number per
+        # dispatch, pages of LOG_PAGE_SIZE), the broadcast numbering and the read counts of every send.
+        self.dispatches = 0
+        self.log_pages: list[tuple[int, ObjectId, ObjectId]] = []  # DispatchLogDirectory's (page, start, opened)
+        self.made = 0  # broadcasts numbered so far, the server's included
+        self.page_starts: list[ObjectId] = []
+        self.covered_through = 0  # broadcasts the watermarked users' read-alls covered
+        self.newest_broadcast: ObjectId | None = None
+        self.new_reads: dict[int, dict[str, int]] = {}  # log page: dispatch id: reads seeded since the last step
+        self.new_coverage: list[tuple[int, int]] = []  # (broadcast number, change of its readers) likewise
 
     @property
     def notifications(self) -> int:
@@ -282,6 +312,8 @@ class Seeder:
             "username": username,
             "email_key": email_key(email),
             "username_key": username_key(username),
+            "search_keys": search_keys_for(email_key(email), username_key(username)),
+            "created_day": day_number(now),
             "password_hash": self.password_hash,
             "full_name": full_name,
             "bio": bio,
@@ -327,6 +359,97 @@ class Seeder:
         await self.writer.flush()
         await self.watermarks()
 
+    async def bind(self) -> None:
+        """The Beanie models, on the bench's database (to build and read documents as the server does)."""
+        if not self.bound:
+            await init_beanie(database=self.db, document_models=ALL_DOCUMENTS, skip_indexes=True)
+            self.bound = True
+
+    async def sync(self) -> None:
+        """Continue the server's numbering: it made broadcasts and sends of its own (the measured operations)
+        since the last step. First wait until it has folded the reads those made, so that the counters merged
+        below are not written by both at once."""
+        for _ in range(600):
+            if not await self.db[ReadTally.Settings.name].find_one({}) and not await self.db[
+                CoverageTally.Settings.name
+            ].find_one({}):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise CheckFailed("the server did not fold its read tallies within 60 s")
+        index = await self.db[BroadcastIndex.Settings.name].find_one({"_id": "broadcasts"})
+        if index is not None:
+            self.made = index["made"]
+            self.page_starts = list(index["page_starts"])
+            self.newest_broadcast = index["newest_id"]
+        counter = None
+        if self.isolation.redis_url:
+            client = aioredis.Redis.from_url(self.isolation.redis_url)
+            try:
+                counter = await client.get(self.counter_key)
+            finally:
+                await client.aclose()
+        directory = await self.db[DispatchLogDirectory.Settings.name].find_one({"_id": "dispatch_log"})
+        if directory is not None:
+            self.log_pages = list(zip(directory["pages"], directory["starts"], directory["opened"], strict=True))
+        if counter is not None:
+            self.dispatches = int(counter) + 1
+        elif self.log_pages:
+            self.dispatches = (max(page for page, _, _ in self.log_pages) + 1) * LOG_PAGE_SIZE
+
+    @property
+    def counter_key(self) -> str:
+        return f"{self.isolation.prefix}dispatch_log:number"
+
+    async def bookkeeping(self) -> None:
+        """What the server keeps beside the documents, brought up to date with what this step seeded: the broadcast
+        index, the log of sends (and its counter in Redis), and the folded read counts (per log page; read-alls as
+        the coverage of the broadcasts each watermarked user's read-all covered)."""
+        await self.bind()
+        index = BroadcastIndex(
+            made=self.made,
+            page_starts=self.page_starts,
+            newest_id=self.newest_broadcast,
+        )
+        await self.db[BroadcastIndex.Settings.name].replace_one(
+            {"_id": "broadcasts"}, index.model_dump(by_alias=True), upsert=True
+        )
+        directory = DispatchLogDirectory(
+            pages=[page for page, _, _ in self.log_pages],
+            starts=[start for _, start, _ in self.log_pages],
+            opened=[opened for _, _, opened in self.log_pages],
+            backfilled=True,
+        )
+        await self.db[DispatchLogDirectory.Settings.name].replace_one(
+            {"_id": "dispatch_log"}, directory.model_dump(by_alias=True), upsert=True
+        )
+        counters = self.db[ReadCounter.Settings.name]
+        for page, reads in self.new_reads.items():
+            stored = await counters.find_one({"_id": page}) or ReadCounter(id=page).model_dump(by_alias=True)
+            for dispatch_id, count in reads.items():
+                stored["reads"][dispatch_id] = stored["reads"].get(dispatch_id, 0) + count
+            await counters.replace_one({"_id": page}, stored, upsert=True)
+        self.new_reads = {}
+        pages = self.db[CoveragePage.Settings.name]
+        summary = await self.db[CoverageSummary.Settings.name].find_one({"_id": "summary"}) or (
+            CoverageSummary().model_dump(by_alias=True)
+        )
+        for position, change in self.new_coverage:
+            number, offset = divmod(position, BROADCAST_PAGE_SIZE)
+            stored = await pages.find_one({"_id": number}) or CoveragePage(id=number).model_dump(by_alias=True)
+            stored["diff"][offset] += change
+            await pages.replace_one({"_id": number}, stored, upsert=True)
+            summary["totals"].extend([0] * (number + 1 - len(summary["totals"])))
+            summary["totals"][number] += change
+        await self.db[CoverageSummary.Settings.name].replace_one({"_id": "summary"}, summary, upsert=True)
+        self.new_coverage = []
+        if self.isolation.redis_url:
+            client = aioredis.Redis.from_url(self.isolation.redis_url)
+            try:
+                await client.set(self.counter_key, self.dispatches - 1)
+            finally:
+                await client.aclose()
+
     def dispatch_size(self) -> int:
         draw = self.rng.random()
         size = 1 if draw < 0.8 else self.rng.randint(2, 10) if draw < 0.98 else self.rng.randint(20, 200)
@@ -355,6 +478,33 @@ class Seeder:
         title, body, data = self.content()
         by_admin = self.rng.random() < 0.8
         sender_id = self.admin.id if by_admin else None
+        reads = 0
+        for recipient in recipients:
+            notification_id = new_id()
+            read = not unread and (recipient in self.watermarked or self.rng.random() < read_share)
+            reads += read
+            await self.writer.add(
+                Notification.Settings.name,
+                {
+                    "_id": notification_id,
+                    "recipient_id": recipient,
+                    "unread_by": None if read else recipient,
+                    "title": title,
+                    "body": body,
+                    "data": data,
+                    "sender_id": sender_id,
+                    "dispatch_id": dispatch_id,
+                    "read_at": now if read else None,
+                    "broadcast_seq": None,
+                    "broadcast_page": None,
+                    "created_at": now,
+                    "created_day": day_number(now),
+                },
+            )
+            if recipient == self.probe.user.id:
+                self.probe.sees(str(notification_id))
+                if not read:
+                    self.probe.unread.append(str(notification_id))
         await self.writer.add(
             Dispatch.Settings.name,
             {
@@ -365,68 +515,88 @@ class Seeder:
                 "body": body,
                 "broadcast": False,
                 "recipient_count": len(recipients),
+                "broadcast_seq": None,
+                "log_page": self.log_page(dispatch_id, reads),
                 "created_at": now,
+                "created_day": day_number(now),
             },
         )
-        for recipient in recipients:
-            notification_id = new_id()
-            read = not unread and (recipient in self.watermarked or self.rng.random() < read_share)
-            await self.writer.add(
-                Notification.Settings.name,
-                {
-                    "_id": notification_id,
-                    "recipient_id": recipient,
-                    "title": title,
-                    "body": body,
-                    "data": data,
-                    "sender_id": sender_id,
-                    "dispatch_id": dispatch_id,
-                    "read_at": now if read else None,
-                    "created_at": now,
-                },
-            )
-            if recipient == self.probe.user.id:
-                self.probe.sees(str(notification_id))
-                if not read:
-                    self.probe.unread.append(str(notification_id))
+
+    def log_page(self, dispatch_id: ObjectId, reads: int) -> int:
+        """The next number of the log of sends, as services/dispatch_log.py gives it; and the send's read count."""
+        number = self.dispatches
+        self.dispatches += 1
+        page = number // LOG_PAGE_SIZE
+        if number % LOG_PAGE_SIZE == 0:
+            self.log_pages.append((page, dispatch_id, dispatch_id))
+        if reads:
+            self.new_reads.setdefault(page, {})[str(dispatch_id)] = reads
+        return page
 
     async def broadcast(self) -> None:
         """A broadcast: its Dispatch and one notification sharing its id; some users read it (receipts)."""
         now = utcnow()
         broadcast_id = new_id()
+        seq = self.made
+        self.made += 1
+        if seq % BROADCAST_PAGE_SIZE == 0:
+            self.page_starts.append(broadcast_id)
         title = self.rng.choice(ANNOUNCEMENTS)
         body = f"{title}. Read more on our blog; sent by the scale benchmark."
-        common = {"title": title, "body": body, "sender_id": self.admin.id, "created_at": now}
-        await self.writer.add(
-            Dispatch.Settings.name,
-            {**common, "_id": broadcast_id, "sender_email": self.admin.email, "broadcast": True, "recipient_count": 1},
-        )
+        common = {
+            "title": title,
+            "body": body,
+            "sender_id": self.admin.id,
+            "broadcast_seq": seq,
+            "created_at": now,
+            "created_day": day_number(now),
+        }
         await self.writer.add(
             Notification.Settings.name,
             {
                 **common,
                 "_id": broadcast_id,
                 "recipient_id": None,
+                "unread_by": None,
                 "data": None,
                 "dispatch_id": broadcast_id,
                 "read_at": None,
+                "broadcast_page": seq // BROADCAST_PAGE_SIZE,
             },
         )
         self.broadcasts.append(broadcast_id)
+        self.newest_broadcast = broadcast_id
         self.probe.sees(str(broadcast_id))
         readers = self.rng.sample(self.receipt_readers, round(len(self.receipt_readers) * RECEIPT_SHARE))
         if len(self.broadcasts) % 2 == 1 and self.probe.user.id not in readers:
             readers.append(self.probe.user.id)  # the probe reads every other broadcast
         for reader in readers:
             await self.writer.add(
-                BroadcastReceipt.Settings.name, {"_id": new_id(), "notification_id": broadcast_id, "user_id": reader}
+                BroadcastReceipt.Settings.name,
+                {"_id": new_id(), "notification_id": broadcast_id, "user_id": reader, "created_day": day_number(now)},
             )
+        await self.writer.add(
+            Dispatch.Settings.name,
+            {
+                **common,
+                "_id": broadcast_id,
+                "sender_email": self.admin.email,
+                "broadcast": True,
+                "recipient_count": 1,
+                "log_page": self.log_page(broadcast_id, len(readers)),
+            },
+        )
 
     async def watermarks(self) -> None:
-        """The users who did read-all: their Inbox's watermark is the newest broadcast."""
-        if not self.broadcasts or not self.watermarked:
+        """The users who did read-all: their Inbox's watermark is the newest broadcast (the server's included), and
+        their read-alls covered every broadcast up to it."""
+        if self.newest_broadcast is None or not self.watermarked:
             return
-        newest = self.broadcasts[-1]
+        newest = self.newest_broadcast
+        if self.covered_through < self.made:
+            readers = len(self.watermarked)
+            self.new_coverage += [(self.covered_through, readers), (self.made, -readers)]
+            self.covered_through = self.made
         inboxes = self.db[Inbox.Settings.name]
         if self.inboxes_created:
             await inboxes.update_many(
@@ -442,11 +612,14 @@ class Seeder:
         """The users, then the probe's own history."""
         await self.create_users(users)
         await self.probe_history(PROBE_HISTORY)
+        await self.bookkeeping()
 
     async def grow(self, count: int, reps: int, *, read_share: float, broadcast_share: float) -> None:
         """`count` more notifications for everyone, and enough unread ones of the probe to mark read."""
+        await self.sync()
         await self.population(count, read_share=read_share, broadcast_share=broadcast_share)
         await self.top_up_probe_unread(reps)
+        await self.bookkeeping()
 
     async def step(self, work: Awaitable[None]) -> Step:
         notifications, documents, started = self.notifications, self.writer.total(), time.monotonic()
@@ -456,9 +629,7 @@ class Seeder:
 
     async def validate(self) -> None:
         """Read one seeded document of each kind through the Beanie models: they must parse as the server's do."""
-        if not self.bound:
-            await init_beanie(database=self.db, document_models=ALL_DOCUMENTS, skip_indexes=True)
-            self.bound = True
+        await self.bind()
         user = await User.get(self.probe.user.id)
         if user is None or user.email_key != email_key(user.email) or user.is_admin:
             raise CheckFailed(f"the probe user does not read back: {user}")
@@ -1088,7 +1259,7 @@ async def run_sizes(args: argparse.Namespace) -> int:
             parallelism=settings.password_parallelism,
             type=Type.ID,
         )
-        seeder = Seeder(db, random.Random(args.seed), hasher.hash(PASSWORD), args.batch)
+        seeder = Seeder(db, random.Random(args.seed), hasher.hash(PASSWORD), args.batch, isolation)
         log(f"seeding {args.users:,} users, the admin and the probe's {PROBE_HISTORY} notifications")
         pending = await seeder.step(seeder.start(args.users))  # shown in the first size's column
         await seeder.validate()

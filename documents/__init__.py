@@ -3,10 +3,55 @@
 from beanie import Document
 
 from tidings.documents.audit import AuditEntry
-from tidings.documents.notification import BroadcastReceipt, Dispatch, Inbox, Notification
+from tidings.documents.dispatch_log import DispatchLogDirectory
+from tidings.documents.notification import BroadcastIndex, BroadcastReceipt, Dispatch, Inbox, Notification
+from tidings.documents.read_count import (
+    CoveragePage,
+    CoverageSummary,
+    CoverageTally,
+    FoldState,
+    ReadCounter,
+    ReadTally,
+)
+from tidings.documents.retention import RetentionMark
 from tidings.documents.session import Session
 from tidings.documents.user import User
 
-ALL_DOCUMENTS: list[type[Document]] = [User, Session, Notification, BroadcastReceipt, Inbox, Dispatch, AuditEntry]
+ALL_DOCUMENTS: list[type[Document]] = [
+    User,
+    Session,
+    Notification,
+    BroadcastReceipt,
+    BroadcastIndex,
+    Inbox,
+    Dispatch,
+    AuditEntry,
+    DispatchLogDirectory,
+    ReadTally,
+    CoverageTally,
+    ReadCounter,
+    CoveragePage,
+    CoverageSummary,
+    FoldState,
+    RetentionMark,
+]
 
-__all__ = ["ALL_DOCUMENTS", "AuditEntry", "BroadcastReceipt", "Dispatch", "Inbox", "Notification", "Session", "User"]
+__all__ = [
+    "ALL_DOCUMENTS",
+    "AuditEntry",
+    "BroadcastIndex",
+    "BroadcastReceipt",
+    "CoveragePage",
+    "CoverageSummary",
+    "CoverageTally",
+    "Dispatch",
+    "DispatchLogDirectory",
+    "FoldState",
+    "Inbox",
+    "Notification",
+    "ReadCounter",
+    "ReadTally",
+    "RetentionMark",
+    "Session",
+    "User",
+]

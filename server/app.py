@@ -19,7 +19,9 @@ from tidings.handlers.routes import setup_routes
 from tidings.server.adapters import redis_client
 from tidings.server.adapters.broker import MemoryBroker, RedisBroker
 from tidings.server.adapters.db import init_database
+from tidings.server.adapters.leases import Leases
 from tidings.server.adapters.locks import Locks
+from tidings.server.adapters.numbering import MemoryNumbering, RedisNumbering
 from tidings.server.adapters.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from tidings.server.adapters.security import Passwords, Tokens
 from tidings.server.adapters.tasks import cancel_and_wait
@@ -28,12 +30,15 @@ from tidings.server.keys import (
     audit_key,
     authenticator_key,
     broker_key,
+    dispatch_log_key,
     gauge_key,
     hub_key,
     limiter_key,
     mongo_key,
     notifications_key,
+    read_counts_key,
     redis_key,
+    retention_key,
     sessions_key,
     settings_key,
     tokens_key,
@@ -44,7 +49,12 @@ from tidings.server.realtime.hub import Hub
 from tidings.server.services.accounts import AccountService
 from tidings.server.services.audit import AuditLog
 from tidings.server.services.authenticator import Authenticator
+from tidings.server.services.broadcasts import Broadcasts
+from tidings.server.services.dispatch_log import DispatchLog
+from tidings.server.services.migrations import MIGRATIONS_TIMEOUT, run_migrations
 from tidings.server.services.notifications import NotificationService
+from tidings.server.services.read_counts import ReadCounts
+from tidings.server.services.retention import Retention
 from tidings.server.services.sessions import SessionService
 from tidings.server.settings import Settings
 
@@ -82,6 +92,8 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
         await _retry_until_ready("MongoDB", lambda: client.admin.command("ping"), settings.startup_timeout)
         with pymongo.timeout(settings.startup_timeout):  # creating indexes may take longer than a request
             await init_database(client[settings.mongodb_db])
+        with pymongo.timeout(MIGRATIONS_TIMEOUT):  # once per migration, over a whole collection
+            await run_migrations(client[settings.mongodb_db])
         app[mongo_key] = client
         yield
     finally:
@@ -119,8 +131,24 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[sessions_key] = sessions
     audit = AuditLog()
     app[audit_key] = audit
-    notifications = NotificationService(app[broker_key], audit, locks)
+    leases = Leases(app.get(redis_key), settings.redis_prefix)
+    redis = app.get(redis_key)
+    numbering = (
+        RedisNumbering(redis, f"{settings.redis_prefix}dispatch_log:number") if redis is not None else MemoryNumbering()
+    )
+    dispatch_log = DispatchLog(numbering, locks, leases)
+    app[dispatch_log_key] = dispatch_log
+    # A closed slot of tallies is folded once any insert that could still land in it has: 2 x MONGODB_TIMEOUT.
+    read_counts = ReadCounts(
+        leases, grace=2 * settings.mongodb_timeout, step_timeout=max(4 * settings.mongodb_timeout, 10.0)
+    )
+    app[read_counts_key] = read_counts
+    # Start-up work, once per database: dispatches stored before the log get their pages (idempotent; when another
+    # process holds the backfill, the background task below finishes it should that process stop).
+    await dispatch_log.backfill()
+    notifications = NotificationService(app[broker_key], audit, locks, Broadcasts(locks), read_counts, dispatch_log)
     app[notifications_key] = notifications
+    app[retention_key] = Retention(settings.notification_retention_days, locks, read_counts.forget)
     app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit, locks)
     hub = Hub(settings, app[broker_key], notifications, authenticator)
     app[hub_key] = hub
@@ -153,8 +181,42 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
                 log.exception("session sweep failed")
             await asyncio.sleep(app[settings_key].session_sweep_interval)
 
+    async def fold_read_counts() -> None:
+        # Tallies of reads into the sends' read counters; one process at a time does it, the others skip.
+        while True:
+            await asyncio.sleep(app[settings_key].read_count_fold_interval)
+            try:
+                await app[read_counts_key].fold()
+            except Exception:
+                log.exception("read count fold failed")
+
+    async def keep_dispatch_log() -> None:
+        # Finishes a backfill that another process left (start-up ran it), then skips pages retention emptied.
+        pause = 60.0
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                if await app[dispatch_log_key].backfill():
+                    await app[dispatch_log_key].trim()
+                    pause = 3600.0
+            except Exception:
+                log.exception("dispatch log upkeep failed")
+
+    async def apply_retention() -> None:
+        # Deletes the days that fell out of NOTIFICATION_RETENTION_DAYS; idempotent, so overlapping runs are safe.
+        while True:
+            try:
+                with pymongo.timeout(app[settings_key].retention_interval):  # a first run may have many days to do
+                    await app[retention_key].purge()
+            except Exception:
+                log.exception("retention failed")
+            await asyncio.sleep(app[settings_key].retention_interval)
+
     tasks = [
         asyncio.create_task(sweep_sessions(), name="session-sweeper"),
+        asyncio.create_task(apply_retention(), name="retention"),
+        asyncio.create_task(fold_read_counts(), name="read-count-fold"),
+        asyncio.create_task(keep_dispatch_log(), name="dispatch-log-upkeep"),
         asyncio.create_task(app[hub_key].expire_tokens(), name="ws-token-expiry"),
         asyncio.create_task(app[gauge_key].report_forever(), name="ws-connection-gauge"),
     ]

@@ -14,7 +14,10 @@ from tidings.server.realtime.hub import Hub
 from tidings.server.services.accounts import AccountService
 from tidings.server.services.audit import AuditLog
 from tidings.server.services.authenticator import Authenticator, Principal
+from tidings.server.services.dispatch_log import DispatchLog
 from tidings.server.services.notifications import NotificationService
+from tidings.server.services.read_counts import ReadCounts
+from tidings.server.services.retention import Retention
 from tidings.server.services.sessions import SessionService
 from tidings.server.settings import Settings
 
@@ -28,6 +31,9 @@ authenticator_key = web.AppKey("authenticator", Authenticator)
 sessions_key = web.AppKey("sessions", SessionService)
 accounts_key = web.AppKey("accounts", AccountService)
 notifications_key = web.AppKey("notifications", NotificationService)
+dispatch_log_key = web.AppKey("dispatch_log", DispatchLog)
+read_counts_key = web.AppKey("read_counts", ReadCounts)
+retention_key = web.AppKey("retention", Retention)
 hub_key = web.AppKey("hub", Hub)
 audit_key = web.AppKey("audit", AuditLog)
 gauge_key = web.AppKey("gauge", ConnectionGauge)

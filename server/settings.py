@@ -35,6 +35,20 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _days(env: Mapping[str, str], name: str, default: int) -> int:
+    """A number of days, 0 meaning "forever"."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number of days, got {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"{name} must be 0 (keep forever) or a positive number of days, got {raw!r}")
+    return value
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     """A positive duration in seconds, fractions allowed."""
     raw = env.get(name)
@@ -87,6 +101,11 @@ def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[
     if raw is None:
         return default
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def listen_backlog(env: Mapping[str, str]) -> int:
+    """LISTEN_BACKLOG, for `Settings.from_env` and for gunicorn.conf.py (which reads no other setting)."""
+    return _int(env, "LISTEN_BACKLOG", Settings.listen_backlog)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +161,12 @@ class Settings:
     connection_report_interval: float = 5.0
     # Expired sessions are deleted this often (FerretDB has no TTL indexes).
     session_sweep_interval: float = 3600.0
+    # Read tallies are folded into the sends' read counters this often (by one process at a time).
+    read_count_fold_interval: float = 2.0
+    # Notifications (and their dispatches and receipts) older than this many days are deleted; 0 keeps them.
+    notification_retention_days: int = 365
+    # How often the retention job looks for a day to delete.
+    retention_interval: float = 3600.0
     # A per-document write lock is held at most this long, and waited for at most this long.
     lock_timeout: float = 10.0
     # /health/ready waits this long for each dependency.
@@ -153,6 +178,10 @@ class Settings:
     # Replays (resume, and the catch-up after a broker outage) that read MongoDB at once, per process: a storm of
     # them is paced so that the API keeps answering.
     replay_concurrency: int = 4
+    # Connections the kernel queues for the listening socket until the process accepts them (`tidings serve` and
+    # gunicorn): a reconnect storm of thousands of sockets overflows a short queue, and each overflowed connect costs
+    # its client a SYN retransmission (1 s, then 2 s, 4 s, ...). Linux caps it at net.core.somaxconn.
+    listen_backlog: int = 4096
     # How long start-up waits for MongoDB and Redis, and shutdown for open requests.
     startup_timeout: float = 30.0
     shutdown_timeout: float = 10.0
@@ -204,11 +233,15 @@ class Settings:
             ws_token_check_interval=_seconds(env, "WS_TOKEN_CHECK_INTERVAL", cls.ws_token_check_interval),
             connection_report_interval=_seconds(env, "CONNECTION_REPORT_INTERVAL", cls.connection_report_interval),
             session_sweep_interval=_seconds(env, "SESSION_SWEEP_INTERVAL", cls.session_sweep_interval),
+            read_count_fold_interval=_seconds(env, "READ_COUNT_FOLD_INTERVAL", cls.read_count_fold_interval),
+            notification_retention_days=_days(env, "NOTIFICATION_RETENTION_DAYS", cls.notification_retention_days),
+            retention_interval=_seconds(env, "RETENTION_INTERVAL", cls.retention_interval),
             lock_timeout=_seconds(env, "LOCK_TIMEOUT", cls.lock_timeout),
             health_probe_timeout=_seconds(env, "HEALTH_PROBE_TIMEOUT", cls.health_probe_timeout),
             mongodb_timeout=_seconds(env, "MONGODB_TIMEOUT", cls.mongodb_timeout),
             redis_health_check_interval=_seconds(env, "REDIS_HEALTH_CHECK_INTERVAL", cls.redis_health_check_interval),
             replay_concurrency=_int(env, "REPLAY_CONCURRENCY", cls.replay_concurrency),
+            listen_backlog=listen_backlog(env),
             startup_timeout=_seconds(env, "STARTUP_TIMEOUT", cls.startup_timeout),
             shutdown_timeout=_seconds(env, "SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
             trust_forwarded_for=_bool(env, "TRUST_FORWARDED_FOR", cls.trust_forwarded_for),

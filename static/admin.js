@@ -15,6 +15,10 @@ if (dashboard) {
       const value = el.dataset.stat.split(".").reduce((obj, key) => obj && obj[key], data.stats);
       if (value !== undefined) el.textContent = String(value);
     }
+    const estimated = data.stats.estimated || [];
+    for (const el of dashboard.querySelectorAll("[data-approx]")) {
+      el.textContent = estimated.includes(el.dataset.approx) ? "≈ " : "";
+    }
     const items = data.events.map((event) => {
       const li = document.createElement("li");
       const time = document.createElement("time");

@@ -14,6 +14,7 @@ from yarl import URL
 
 from tests.conftest import PASSWORD, Account, Accounts, AppFactory
 from tidings.handlers.admin.cookies import LOGIN_CSRF_COOKIE, SESSION_COOKIE
+from tidings.server.services import dashboard
 
 Client = TestClient[Any, Any]
 API = "/api/v1"
@@ -413,6 +414,20 @@ async def test_dashboard_and_its_json(panel: Panel) -> None:
     page = text_of(await panel.page("/admin/"))
     assert "Users 2 2 active · 1 admins · 2 new this week" in page
     assert f"notification.sent · Welcome by {panel.admin.email}" in page
+
+
+async def test_dashboard_marks_estimated_totals(panel: Panel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past EXACT_BELOW documents a total is the database's estimate, and the dashboard says so."""
+    body = await (await panel.client.get("/admin/dashboard.json")).json()
+    assert body["stats"]["estimated"] == []
+    assert "Users ≈" not in text_of(await panel.page("/admin/"))
+    monkeypatch.setattr(dashboard, "EXACT_BELOW", 1)
+    await panel.accounts.user()
+    body = await (await panel.client.get("/admin/dashboard.json")).json()
+    assert body["stats"]["estimated"] == ["users.total", "users.active"]
+    assert body["stats"]["users"]["total"] >= 2  # at least what the bounded read counted
+    assert body["stats"]["users"]["admins"] == 1  # counted exactly
+    assert "Users ≈" in text_of(await panel.page("/admin/"))
 
 
 # Actions

@@ -15,7 +15,9 @@ from tests.conftest import Account, Accounts
 from tests.helpers import error_of
 from tests.realtime import API, ids, send, send_to, unread
 from tidings.documents import Inbox, Notification
+from tidings.server.adapters.errors import ValidationFailed
 from tidings.server.keys import audit_key, notifications_key
+from tidings.server.services import recipients
 
 UNKNOWN_ID = "0" * 24  # a well-formed ObjectId no document has
 
@@ -221,6 +223,34 @@ async def test_unknown_emails_and_usernames_are_named_by_field(
         response = await client.post(f"{API}/notifications", json=bad, headers=admin.headers)
         await error_of(response, 422, "validation_error")
     assert await unread(client, user) == 0
+
+
+@pytest.mark.parametrize("one_by_one", [1000, 1], ids=["equality-per-name", "in-beyond-the-limit"])
+async def test_recipients_resolve_alike_by_lookups_or_in(
+    client: TestClient[Any, Any], accounts: Accounts, monkeypatch: pytest.MonkeyPatch, one_by_one: int
+) -> None:
+    """Names are looked up one equality each (in chunks), or with one $in past LOOKUP_ONE_BY_ONE: same answer."""
+    monkeypatch.setattr(recipients, "LOOKUP_ONE_BY_ONE", one_by_one)
+    monkeypatch.setattr(recipients, "LOOKUP_CONCURRENCY", 2)
+    users = [await accounts.user() for _ in range(3)]
+    a, b, c = users
+    found = await recipients.resolve_recipients(
+        user_ids=[c.id, a.id, c.id],
+        emails=[b.email.upper(), a.email, b.email],
+        usernames=[c.username.upper(), b.username],
+    )
+    assert [str(oid) for oid in found] == [c.id, a.id, b.id]
+    with pytest.raises(ValidationFailed) as refused:
+        await recipients.resolve_recipients(
+            user_ids=[a.id, UNKNOWN_ID, b.id, "f" * 24],
+            emails=["nobody@example.com", c.email, "NOBODY@example.com"],
+            usernames=["ghost", a.username],
+        )
+    assert refused.value.details == {
+        "user_ids": {"unknown": [UNKNOWN_ID, "f" * 24]},
+        "emails": {"unknown": ["nobody@example.com", "NOBODY@example.com"]},
+        "usernames": {"unknown": ["ghost"]},
+    }
 
 
 async def test_each_recipient_gets_one_notification(client: TestClient[Any, Any], accounts: Accounts) -> None:

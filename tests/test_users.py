@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 from beanie import PydanticObjectId
+from bson import ObjectId
+from pymongo import AsyncMongoClient
 
-from tests.conftest import PASSWORD, Account, Accounts
+from tests.conftest import PASSWORD, Account, Accounts, AppFactory, make_settings
 from tests.helpers import API, error_of, json_of
 from tests.realtime import expect_close, ready, send
 from tidings.documents import Notification, Session
+from tidings.documents.clock import day_number
+from tidings.documents.user import SEARCH_PREFIX_MAX, search_keys_for
 from tidings.server.keys import audit_key
+from tidings.server.services.migrations import MIGRATIONS, USER_KEYS, run_migrations
 
 ME = f"{API}/users/me"
 USERS = f"{API}/users"
@@ -348,6 +353,105 @@ async def test_list_users_search(client: TestClient[Any, Any], accounts: Account
     # Each field is matched in the form its uniqueness is checked on: emails lowercased, usernames casefolded.
     strasse = await accounts.register(email="Straße@example.com", username="dora")
     assert await search("STRAßE") == {strasse["id"]}
+
+
+async def test_list_users_search_by_search_keys(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True, email="boss@example.org", username="the_boss")
+    long_email = "Marguerite.Yourcenar.Academie@Example.fr"  # longer than SEARCH_PREFIX_MAX when folded
+    marguerite = await accounts.register(email=long_email, username="Hadrian")
+    twin = await accounts.register(email="marguerite.yourcenar.x@example.fr", username="zeno")
+
+    async def search(q: str, **params: Any) -> list[str]:
+        return [item["id"] for item in (await list_users(client, admin, q=q, **params))["items"]]
+
+    assert await search("MARGUERITE") == [twin["id"], marguerite["id"]]  # email prefix, newest first
+    assert await search("hadr") == [marguerite["id"]]  # username prefix, case folded
+    assert len("marguerite.yourcenar.") > SEARCH_PREFIX_MAX
+    assert await search("Marguerite.Yourcenar.A") == [marguerite["id"]]  # longer than the stored prefixes
+    assert await search("marguerite.yourcenar.academie@example.fr") == [marguerite["id"]]
+    assert await search("marguerite.yourcenar.academie@example.frx") == []
+    assert await search("marguerite.yourcenar.y") == []
+    assert await search("hadrian") == [marguerite["id"]]
+    assert await search("hadrianus") == []
+    # An email or a username change moves the user's search keys with it.
+    await admin_patch(client, admin, marguerite["id"], {"email": "mya@example.fr", "username": "Memoirs"})
+    assert await search("MARGUERITE") == [twin["id"]]
+    assert await search("hadr") == []
+    assert await search("mya@") == [marguerite["id"]]
+    assert await search("memo") == [marguerite["id"]]
+    assert await search("m") == [twin["id"], marguerite["id"]]
+    assert await search("m", is_active=True, is_admin=False) == [twin["id"], marguerite["id"]]
+    assert await search("m", is_admin=True) == []
+
+
+async def test_list_users_search_pages(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    admin = await accounts.user(admin=True, email="boss@example.org", username="the_boss")
+    ids = [
+        (await accounts.register(email=f"pager{n}@example.com", username=f"leaf_with_a_long_stem_{n}"))["id"]
+        for n in range(5)
+    ]
+    await accounts.register(email="other@example.com", username="pagan")  # "pag", not "page"
+    stalk = await accounts.register(email="stem@example.com", username="leaf_with_a_long_stalk")  # 16 in common
+    assert len("leaf_with_a_long_s") > SEARCH_PREFIX_MAX
+    # A prefix of the emails, of the usernames, one longer than the stored prefixes, and one whose email form
+    # ("page", NFKC) and username form (fullwidth, casefolded only) differ, so two prefixes are looked up.
+    for q in ("PAGE", "leaf_with", "LEAF_WITH_A_LONG_STEM_", "\uff30age"):
+        seen: list[str] = []
+        before: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 2} if before is None else {"limit": 2, "before": before}
+            body = await list_users(client, admin, q=q, **params)
+            seen += [item["id"] for item in body["items"]]
+            before = body["next_before"]
+            if before is None:
+                break
+            assert before == body["items"][-1]["id"]
+        expected = [*reversed(ids)]
+        assert seen == ([stalk["id"], *expected] if q == "leaf_with" else expected), q
+    body = await list_users(client, admin, q="page", limit=5)
+    assert body["next_before"] is None  # an exact fit ends without an empty page
+    body = await list_users(client, admin, q="page", limit=10, before=ids[2])
+    assert [item["id"] for item in body["items"]] == [ids[1], ids[0]]
+
+
+async def test_users_stored_without_search_keys_get_them_at_start_up(make_client: AppFactory) -> None:
+    settings = make_settings()
+    mongo: AsyncMongoClient[Any] = AsyncMongoClient(settings.mongodb_url, tz_aware=True)
+    try:
+        users = mongo[settings.mongodb_db]["users"]
+        old = {
+            "_id": ObjectId(),
+            "email": "Old.Timer@Example.com",
+            "username": "Veteran",
+            "email_key": "old.timer@example.com",
+            "username_key": "veteran",
+            "password_hash": "x",
+            "is_active": True,
+            "is_admin": False,
+            "token_version": 0,
+            "created_at": datetime(2020, 5, 17, 12, tzinfo=UTC),
+            "updated_at": datetime(2020, 5, 17, 12, tzinfo=UTC),
+        }
+        await users.insert_one(old)
+        client, accounts, _ = await make_client(mongodb_db=settings.mongodb_db, redis_prefix=settings.redis_prefix)
+        admin = await accounts.user(admin=True, email="boss@example.org", username="the_boss")
+        found = await list_users(client, admin, q="OLD.T")
+        assert [item["id"] for item in found["items"]] == [str(old["_id"])]
+        assert [item["id"] for item in (await list_users(client, admin, q="vet"))["items"]] == [str(old["_id"])]
+        stored = await users.find_one({"_id": old["_id"]})
+        assert stored is not None
+        assert stored["search_keys"] == search_keys_for("old.timer@example.com", "veteran")
+        assert stored["created_day"] == day_number(datetime(2020, 5, 17, tzinfo=UTC))
+        marker = await mongo[settings.mongodb_db][MIGRATIONS].find_one({"_id": USER_KEYS})
+        assert marker is not None
+        assert marker["changed"] == 1
+        # Later starts read the marker and nothing else: a user stored without keys now stays so.
+        later = {**old, "_id": ObjectId(), "email_key": "later@example.com", "username_key": "later"}
+        await users.insert_one(later)
+        await run_migrations(mongo[settings.mongodb_db])
+        assert "search_keys" not in (await users.find_one({"_id": later["_id"]}) or {})
+    finally:
+        await mongo.close()
 
 
 async def test_list_users_filters(client: TestClient[Any, Any], accounts: Accounts) -> None:

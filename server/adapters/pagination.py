@@ -22,13 +22,25 @@ def parse_cursor(before: str | None) -> PydanticObjectId | None:
     return oid
 
 
+def older_than(conditions: dict[str, Any], oid: PydanticObjectId) -> dict[str, Any]:
+    """`conditions` narrowed to ids below `oid`.
+
+    The range goes beside the other fields at the top level, so that their equalities stay top-level ones:
+    FerretDB pushes only those down to its backend, and under an `$and` nothing is. Only when `conditions`
+    already constrain `_id` are both put under `$and`. `conditions` is not changed.
+    """
+    if "_id" in conditions:
+        return {"$and": [conditions, {"_id": {"$lt": oid}}]}
+    return {**conditions, "_id": {"$lt": oid}}
+
+
 async def newest_first(
     model: type[DocumentType], conditions: dict[str, Any], *, before: str | None, limit: int
 ) -> tuple[list[DocumentType], str | None]:
     """One page of `model` matching `conditions`, and the `before` of the next page (None on the last)."""
     oid = parse_cursor(before)
     if oid is not None:
-        conditions = {"$and": [conditions, {"_id": {"$lt": oid}}]} if conditions else {"_id": {"$lt": oid}}
+        conditions = older_than(conditions, oid)
     found = await model.find(conditions).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list()
     if len(found) <= limit:
         return found, None

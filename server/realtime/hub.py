@@ -21,10 +21,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from beanie import PydanticObjectId
 from bson import ObjectId
 
 from tidings.documents.ids import parse_object_id
 from tidings.server.adapters.broker import Broker
+from tidings.server.adapters.coalesce import Coalescer
 from tidings.server.adapters.codecs import (
     AUTH_TOPIC,
     NOTIFY_TOPIC,
@@ -112,7 +114,15 @@ class Hub:
         self._sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._replay_slots = asyncio.Semaphore(settings.replay_concurrency)
+        # Reads for sockets (ready's unread count, replays) take one of these slots, so a storm of them is paced
+        # and the API keeps its share of MongoDB; while they wait, sockets of one user share one read.
+        read_slots = asyncio.Semaphore(settings.replay_concurrency)
+        self._unread: Coalescer[PydanticObjectId, int] = Coalescer(
+            lambda user: notifications.unread_count(user), read_slots
+        )
+        self._missed: Coalescer[tuple[PydanticObjectId, PydanticObjectId], list[dict[str, Any]]] = Coalescer(
+            lambda key: notifications.after(key[0], key[1], REPLAY_BATCH), read_slots
+        )
         broker.subscribe(NOTIFY_TOPIC, self._on_notify)
         broker.subscribe(AUTH_TOPIC, self._on_auth)
         broker.on_connect(self._on_broker_connect)
@@ -166,7 +176,7 @@ class Hub:
         try:
             user_oid = parse_object_id(principal.user_id)
             assert user_oid is not None  # it came from a token this server signed
-            unread = await self._notifications.unread_count(user_oid)
+            unread = await self._unread.get(user_oid)
             await ws.send_json({"type": "ready", "user_id": principal.user_id, "unread": unread})
         except BaseException:
             self.remove(conn)
@@ -292,19 +302,18 @@ class Hub:
         sent, conn.delivered = set(conn.delivered or ()) | skip, None
         replayed: list[str] = []
         try:
-            async with self._replay_slots:  # a storm of replays is paced, so the API keeps its share of MongoDB
-                while user_oid is not None and after_oid is not None and not conn.closing:
-                    batch = await self._notifications.after(user_oid, after_oid, REPLAY_BATCH)
-                    for notification in batch:
-                        if notification["id"] not in sent:
-                            self._write(conn, notification["id"], notification_frame(notification))
-                            sent.add(notification["id"])
-                            replayed.append(notification["id"])
-                    if len(batch) < REPLAY_BATCH:
-                        break
-                    next_oid = parse_object_id(batch[-1]["id"])
-                    assert next_oid is not None
-                    after_oid = next_oid
+            while user_oid is not None and after_oid is not None and not conn.closing:
+                batch = await self._missed.get((user_oid, after_oid))
+                for notification in batch:
+                    if notification["id"] not in sent:
+                        self._write(conn, notification["id"], notification_frame(notification))
+                        sent.add(notification["id"])
+                        replayed.append(notification["id"])
+                if len(batch) < REPLAY_BATCH:
+                    break
+                next_oid = parse_object_id(batch[-1]["id"])
+                assert next_oid is not None
+                after_oid = next_oid
             conn.pending = [(nid, frame) for nid, frame in conn.pending or [] if nid not in sent]
         finally:
             self._remember_replayed(conn, replayed)
@@ -419,3 +428,5 @@ class Hub:
             )
         )
         await cancel_and_wait(*self._tasks)
+        await self._unread.close()
+        await self._missed.close()

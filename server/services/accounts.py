@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from pymongo.errors import OperationFailure
 from tidings.documents import Session, User
 from tidings.documents.clock import utcnow
 from tidings.documents.ids import new_id, parse_object_id
-from tidings.documents.user import email_key, username_key
+from tidings.documents.user import SEARCH_PREFIX_MAX, email_key, search_keys_for, username_key
 from tidings.server.adapters.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from tidings.server.adapters.locks import Locks
 from tidings.server.adapters.pagination import newest_first
@@ -53,6 +54,25 @@ class Page:
     next_before: str | None
 
 
+def search_prefixes(query: str) -> list[str]:
+    """The values of `search_keys` that the users matching `query` hold: the folded query, as an email and as a
+    username, each cut to SEARCH_PREFIX_MAX characters; usually one. Empty when a folded query is empty: every
+    user's keys start with the empty string, so the query narrows nothing."""
+    folded = (email_key(query), username_key(query))
+    if not all(folded):
+        return []
+    return list(dict.fromkeys(key[:SEARCH_PREFIX_MAX] for key in folded))
+
+
+def merge_newest_first(pages: Sequence[tuple[list[User], str | None]], limit: int) -> tuple[list[User], bool]:
+    """One page from several first pages of `newest_first` (each of at most `limit` users, newest first): the
+    newest `limit` users among them, each once, and whether more follow."""
+    by_id = {user.id: user for users, _ in pages for user in users}
+    ordered = sorted(by_id.values(), key=lambda user: str(user.id), reverse=True)  # hex sorts as the ids do
+    more = len(ordered) > limit or any(next_before is not None for _, next_before in pages)
+    return ordered[:limit], more
+
+
 @dataclass(frozen=True)
 class AccountService:
     passwords: Passwords
@@ -70,6 +90,7 @@ class AccountService:
             username=username.strip(),
             email_key=email_key(email),
             username_key=username_key(username),
+            search_keys=search_keys_for(email_key(email), username_key(username)),
             password_hash=await self.passwords.hash(password),
             full_name=full_name,
             is_admin=is_admin,
@@ -168,19 +189,37 @@ class AccountService:
         is_active: bool | None = None,
         is_admin: bool | None = None,
     ) -> Page:
-        """Newest first, keyset-paginated on _id; `query` matches the start of the email or the username."""
+        """Newest first, keyset-paginated on _id; `query` matches the start of the email or the username.
+
+        Each field is matched in the form its uniqueness is checked on (email_key, username_key). The users are
+        found by equality on `search_keys` (index: search_keys, _id), which FerretDB pushes down to its backend.
+        """
         conditions: dict[str, Any] = {}
-        if query:
-            conditions["$or"] = [
-                {"email_key": {"$regex": "^" + re.escape(email_key(query))}},
-                {"username_key": {"$regex": "^" + re.escape(username_key(query))}},
-            ]
         if is_active is not None:
             conditions["is_active"] = is_active
         if is_admin is not None:
             conditions["is_admin"] = is_admin
-        users, next_before = await newest_first(User, conditions, before=before, limit=limit)
-        return Page(users, next_before)
+        prefixes = search_prefixes(query) if query else []
+        if not prefixes:
+            users, next_before = await newest_first(User, conditions, before=before, limit=limit)
+            return Page(users, next_before)
+        assert query is not None
+        folded = (email_key(query), username_key(query))
+        if len(prefixes) > 1 or any(len(key) > SEARCH_PREFIX_MAX for key in folded):
+            # A prefix found in search_keys may come from the other field, or be only the start of the query.
+            conditions["$or"] = [
+                {"email_key": {"$regex": "^" + re.escape(folded[0])}},
+                {"username_key": {"$regex": "^" + re.escape(folded[1])}},
+            ]
+        # The equality stays at the top level of the filter: under $and or $or, FerretDB would not push it down.
+        pages = await asyncio.gather(
+            *(
+                newest_first(User, {"search_keys": prefix, **conditions}, before=before, limit=limit)
+                for prefix in prefixes
+            )
+        )
+        users, more = merge_newest_first(pages, limit)
+        return Page(users, str(users[-1].id) if more else None)
 
     async def _apply(self, user: User, changes: dict[str, Any]) -> User:
         assert user.id is not None
@@ -191,6 +230,10 @@ class AccountService:
         if "username" in changes:
             update["username"] = changes["username"].strip()
             update["username_key"] = username_key(changes["username"])
+        if {"email", "username"} & changes.keys():
+            update["search_keys"] = search_keys_for(
+                update.get("email_key", user.email_key), update.get("username_key", user.username_key)
+            )
         if "password" in changes:
             update["password_hash"] = await self.passwords.hash(changes["password"])
         revokes = "password" in changes or (changes.get("is_active") is False and user.is_active)

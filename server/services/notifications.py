@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from beanie import PydanticObjectId, SortDirection
 from pymongo.errors import DuplicateKeyError
 
 from tidings.documents import BroadcastReceipt, Dispatch, Inbox, Notification
+from tidings.documents.clock import day_number, utcnow
 from tidings.documents.ids import new_id, parse_object_id
 from tidings.server.adapters.broker import Broker
 from tidings.server.adapters.codecs import NOTIFY_TOPIC, encode_notifications
 from tidings.server.adapters.errors import NotFound, ValidationFailed
 from tidings.server.adapters.locks import Locks
-from tidings.server.adapters.pagination import newest_first
+from tidings.server.adapters.pagination import parse_cursor
 from tidings.server.services.audit import Actor, AuditLog
+from tidings.server.services.broadcasts import Broadcasts
+from tidings.server.services.dispatch_log import DispatchLog, DispatchStats, dispatch_page
 from tidings.server.services.recipients import resolve_recipients
 
 log = logging.getLogger(__name__)
@@ -72,15 +77,28 @@ def data_problem(data: Any) -> str | None:
     return None
 
 
-def visible_to(user_id: PydanticObjectId) -> dict[str, Any]:
+def visible_to(notification: Notification, user_id: PydanticObjectId) -> bool:
     """Direct notifications to the user, and broadcasts sent after the user joined."""
-    return {"$or": [{"recipient_id": user_id}, {"recipient_id": None, "_id": {"$gt": user_id}}]}
+    if notification.is_broadcast:
+        return notification.id is not None and notification.id > user_id
+    return notification.recipient_id == user_id
 
 
-@dataclass(frozen=True)
-class DispatchStats:
-    dispatch: Dispatch
-    read_count: int
+class ReadTallies(Protocol):
+    """Where read-state changes are tallied for the senders' read counts (services/read_counts.py)."""
+
+    async def direct_read(self, by_dispatch: Mapping[PydanticObjectId, int]) -> None: ...
+
+    async def receipts(self, by_dispatch: Mapping[PydanticObjectId, int]) -> None: ...
+
+    async def coverage(self, first_seq: int, end_seq: int) -> None: ...
+
+    async def counts(self, dispatches: Sequence[Dispatch]) -> dict[PydanticObjectId, int]: ...
+
+
+def _id_of(notification: Notification) -> PydanticObjectId:
+    assert notification.id is not None
+    return notification.id
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,9 @@ class NotificationService:
     broker: Broker
     audit: AuditLog
     locks: Locks
+    broadcasts: Broadcasts
+    read_tallies: ReadTallies
+    dispatch_log: DispatchLog
 
     async def send(
         self,
@@ -112,38 +133,53 @@ class NotificationService:
             raise ValidationFailed(details={"data": [problem]})
         if data is not None and len(json.dumps(data)) > MAX_DATA_BYTES:
             raise ValidationFailed(details={"data": [f"At most {MAX_DATA_BYTES} bytes of JSON."]})
-        if broadcast:
-            recipients: list[PydanticObjectId | None] = [None]
-        else:
-            recipients = list(await resolve_recipients(user_ids=user_ids, emails=emails, usernames=usernames))
-        now = datetime.now(UTC)
+        recipients = (
+            [] if broadcast else await resolve_recipients(user_ids=user_ids, emails=emails, usernames=usernames)
+        )
         # MongoDB keeps milliseconds: the 201 and live frames must show what the inbox and replays will.
-        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        now = utcnow()
+        sender_id = sender.id if sender else None
+        if broadcast:
+            notifications = [
+                Notification(
+                    title=title, body=body, data=data, sender_id=sender_id, created_at=now, created_day=day_number(now)
+                )
+            ]
+            await self.broadcasts.append(notifications[0])
+            dispatch_id = _id_of(notifications[0])
+        else:
+            dispatch_id = new_id()
+            notifications = [
+                Notification(
+                    id=new_id(),
+                    recipient_id=recipient,
+                    unread_by=recipient,
+                    title=title,
+                    body=body,
+                    data=data,
+                    sender_id=sender_id,
+                    dispatch_id=dispatch_id,
+                    created_at=now,
+                    created_day=day_number(now),
+                )
+                for recipient in recipients
+            ]
         dispatch = Dispatch(
-            id=new_id(),
-            sender_id=sender.id if sender else None,
+            id=dispatch_id,
+            sender_id=sender_id,
             sender_email=sender.email if sender else None,
             title=title,
             body=body,
             broadcast=broadcast,
-            recipient_count=len(recipients),
+            recipient_count=1 if broadcast else len(recipients),
+            broadcast_seq=notifications[0].broadcast_seq if broadcast else None,
             created_at=now,
+            created_day=day_number(now),
         )
-        notifications = [
-            Notification(
-                # A broadcast shares its dispatch's id, so its read count is found from either.
-                id=dispatch.id if broadcast else new_id(),
-                recipient_id=recipient,
-                title=title,
-                body=body,
-                data=data,
-                sender_id=dispatch.sender_id,
-                dispatch_id=dispatch.id,
-                created_at=now,
-            )
-            for recipient in recipients
-        ]
-        await Notification.insert_many(notifications)
+        # Its page of the log of sends, numbered right after its id was made (services/dispatch_log.py).
+        await self.dispatch_log.assign(dispatch)
+        if not broadcast:
+            await Notification.insert_many(notifications)
         await dispatch.insert()
         await self.publish(notifications)
         if sender is not None:
@@ -162,8 +198,17 @@ class NotificationService:
     ) -> Notification:
         """Tell one user what was done to their account, from the admin who did it. Not a send: no dispatch, no
         "notification.sent" in the audit log (the change itself is audited)."""
+        now = utcnow()
         notification = Notification(
-            id=new_id(), recipient_id=user_id, title=title, body=body, data=data, sender_id=actor.id if actor else None
+            id=new_id(),
+            recipient_id=user_id,
+            unread_by=user_id,
+            title=title,
+            body=body,
+            data=data,
+            sender_id=actor.id if actor else None,
+            created_at=now,
+            created_day=day_number(now),
         )
         await notification.insert()
         await self.publish([notification])
@@ -180,12 +225,12 @@ class NotificationService:
         except Exception as exc:
             log.warning("could not publish notifications; sockets catch up when the broker returns: %s", exc)
 
-    async def broadcast_state(self, user_id: PydanticObjectId) -> BroadcastState:
+    @staticmethod
+    async def broadcast_state(user_id: PydanticObjectId) -> BroadcastState:
         # Both reads at once; receipts at or below the watermark (read-all deletes them, but one marked read
         # meanwhile may remain) are left out here.
         inbox, receipts = await asyncio.gather(
-            Inbox.get(user_id),
-            BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$gt": user_id}}).to_list(),
+            Inbox.get(user_id), BroadcastReceipt.find({"user_id": user_id}).to_list()
         )
         watermark = inbox.broadcasts_read_through if inbox else None
         floor = max(user_id, watermark) if watermark is not None else user_id
@@ -196,97 +241,130 @@ class NotificationService:
     async def inbox(
         self, user_id: PydanticObjectId, *, before: str | None = None, limit: int = 50, unread: bool = False
     ) -> Page:
-        """Newest first, keyset-paginated on the id."""
-        state = await self.broadcast_state(user_id)
-        if unread:
-            conditions: dict[str, Any] = {
-                "$or": [
-                    {"recipient_id": user_id, "read_at": None},
-                    {"recipient_id": None, "_id": {"$gt": state.floor, "$nin": list(state.read_ids)}},
-                ]
-            }
-        else:
-            conditions = visible_to(user_id)
-        found, next_before = await newest_first(Notification, conditions, before=before, limit=limit)
-        return Page([n.public(state.is_read(n)) for n in found], next_before)
+        """Newest first, keyset-paginated on the id: the user's direct notifications and the broadcasts since they
+        joined, each read by equality on an indexed field (docs/scaling.md)."""
+        before_oid = parse_cursor(before)
+        state, index = await asyncio.gather(self.broadcast_state(user_id), self.broadcasts.index())
+        direct_query: dict[str, Any] = {"unread_by" if unread else "recipient_id": user_id}
+        if before_oid is not None:
+            direct_query["_id"] = {"$lt": before_oid}
+        direct, broadcasts = await asyncio.gather(
+            Notification.find(direct_query).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list(),
+            self.broadcasts.newest(
+                index,
+                floor=state.floor if unread else user_id,
+                before=before_oid,
+                limit=limit + 1,
+                skip=state.read_ids if unread else frozenset(),
+            ),
+        )
+        found = list(heapq.merge(direct, broadcasts, key=_id_of, reverse=True))[: limit + 1]
+        next_before = str(_id_of(found[limit - 1])) if len(found) > limit else None
+        return Page([n.public(state.is_read(n)) for n in found[:limit]], next_before)
 
     async def after(self, user_id: PydanticObjectId, after: PydanticObjectId, limit: int) -> list[dict[str, Any]]:
         """Notifications newer than `after`, oldest first: what a reconnecting socket missed."""
-        state = await self.broadcast_state(user_id)
-        conditions = {"$and": [visible_to(user_id), {"_id": {"$gt": after}}]}
-        found = await Notification.find(conditions).sort([("_id", SortDirection.ASCENDING)]).limit(limit).to_list()
+        state, index, direct = await asyncio.gather(
+            self.broadcast_state(user_id),
+            self.broadcasts.index(),
+            Notification.find({"recipient_id": user_id, "_id": {"$gt": after}})
+            .sort([("_id", SortDirection.ASCENDING)])
+            .limit(limit)
+            .to_list(),
+        )
+        broadcasts = await self.broadcasts.oldest_after(index, max(after, user_id), limit=limit)
+        found = list(heapq.merge(direct, broadcasts, key=_id_of))[:limit]
         return [n.public(state.is_read(n)) for n in found]
 
     async def unread_count(self, user_id: PydanticObjectId) -> int:
-        state = await self.broadcast_state(user_id)
-        unread_or_newer = await Notification.find(
-            {"$or": [{"recipient_id": user_id, "read_at": None}, {"recipient_id": None, "_id": {"$gt": state.floor}}]}
-        ).count()
-        return unread_or_newer - len(state.read_ids)
+        direct, state, index = await asyncio.gather(
+            Notification.find({"unread_by": user_id}).count(), self.broadcast_state(user_id), self.broadcasts.index()
+        )
+        read_broadcasts = await self.broadcasts.count_through(index, state.floor) + len(state.read_ids)
+        return int(direct) + max(index.made - read_broadcasts, 0)
 
     async def mark_read(self, user_id: PydanticObjectId, notification_id: str) -> None:
         oid = parse_object_id(notification_id)
-        notification = await Notification.find_one({"$and": [visible_to(user_id), {"_id": oid}]}) if oid else None
-        if notification is None or oid is None:
+        if oid is None:
             raise NotFound("No such notification.")
-        if not notification.is_broadcast:
-            if notification.read_at is None:
-                await Notification.find_one({"_id": oid, "read_at": None}).update(
-                    {"$set": {"read_at": datetime.now(UTC)}}
-                )
-            return
-        state = await self.broadcast_state(user_id)
-        if state.is_read(notification):
-            return
-        with contextlib.suppress(DuplicateKeyError):  # read twice at once: already recorded
-            await BroadcastReceipt(notification_id=oid, user_id=user_id).insert()
+        # One writer of a user's read state at a time, so each change is tallied once (FerretDB applies
+        # updates as read-modify-write; on MongoDB the filtered update alone would do).
+        async with self.locks.hold(f"inbox:{user_id}"):
+            notification = await Notification.get(oid)
+            if notification is None or not visible_to(notification, user_id):
+                raise NotFound("No such notification.")
+            if not notification.is_broadcast:
+                if notification.read_at is None:
+                    await notification.set({Notification.read_at: datetime.now(UTC), Notification.unread_by: None})
+                    if notification.dispatch_id is not None:
+                        await self.read_tallies.direct_read({notification.dispatch_id: 1})
+                return
+            state = await self.broadcast_state(user_id)
+            if state.is_read(notification):
+                return
+            with contextlib.suppress(DuplicateKeyError):  # read twice at once: already recorded
+                await BroadcastReceipt(
+                    notification_id=oid, user_id=user_id, created_day=notification.created_day
+                ).insert()
+                await self.read_tallies.receipts({oid: 1})
 
     async def mark_all_read(self, user_id: PydanticObjectId) -> None:
-        await Notification.find({"recipient_id": user_id, "read_at": None}).update(
-            {"$set": {"read_at": datetime.now(UTC)}}
-        )
-        newest = (
-            await Notification.find({"recipient_id": None}).sort([("_id", SortDirection.DESCENDING)]).limit(1).to_list()
-        )
-        if not newest or newest[0].id is None:
-            return
-        watermark = newest[0].id
-        # One writer per inbox: concurrent read-alls would race to create it (a duplicate key), and on FerretDB
-        # an update could overwrite a newer watermark with an older one.
         async with self.locks.hold(f"inbox:{user_id}"):
-            inbox = await Inbox.get(user_id)
-            if inbox is None:
-                try:
-                    await Inbox(id=user_id, broadcasts_read_through=watermark).insert()
-                except DuplicateKeyError:  # created meanwhile by a process that could not take the lock
-                    inbox = await Inbox.get(user_id)
-            if inbox is not None and (
-                inbox.broadcasts_read_through is None or inbox.broadcasts_read_through < watermark
-            ):
-                await inbox.set({Inbox.broadcasts_read_through: watermark})
+            await self._read_all_direct(user_id)
+            await self._read_all_broadcasts(user_id)
+
+    async def _read_all_direct(self, user_id: PydanticObjectId) -> None:
+        unread = await Notification.find({"unread_by": user_id}).to_list()
+        if not unread:
+            return
+        now = datetime.now(UTC)
+        stamp = now.replace(microsecond=now.microsecond // 1000 * 1000)  # what MongoDB keeps, to find it again
+        newest = max(_id_of(n) for n in unread)
+        result = await Notification.find({"unread_by": user_id, "_id": {"$lte": newest}}).update(
+            {"$set": {"read_at": stamp, "unread_by": None}}
+        )
+        if result is not None and result.modified_count != len(unread):
+            # A notification stored meanwhile with an older id was read too: tally what was really changed.
+            unread = await Notification.find({"recipient_id": user_id, "read_at": stamp}).to_list()
+        by_dispatch = Counter(n.dispatch_id for n in unread if n.dispatch_id is not None)
+        if by_dispatch:
+            await self.read_tallies.direct_read(by_dispatch)
+
+    async def _read_all_broadcasts(self, user_id: PydanticObjectId) -> None:
+        state, index = await asyncio.gather(self.broadcast_state(user_id), self.broadcasts.index())
+        watermark = index.newest_id
+        if watermark is None or watermark <= state.floor:
+            return
+        read_before = await self.broadcasts.count_through(index, state.floor)
+        inbox = await Inbox.get(user_id)
+        if inbox is None:
+            await Inbox(id=user_id, broadcasts_read_through=watermark).insert()
+        else:
+            await inbox.set({Inbox.broadcasts_read_through: watermark})
+        await self.read_tallies.coverage(read_before, index.made)
+        # The watermark now counts the broadcasts read one by one above the old floor.
+        if state.read_ids:
+            await self.read_tallies.receipts(dict.fromkeys(state.read_ids, -1))
         await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$lte": watermark}}).delete()
 
     async def forget_user(self, user_id: PydanticObjectId) -> None:
         """Delete what is kept for one user: their notifications, broadcast receipts and inbox.
 
-        In batches, since FerretDB on SQLite refuses to delete more than about 32,000 documents at once.
+        In batches, since FerretDB on SQLite refuses to delete more than about 32,000 documents at once; each
+        batch is "the owner's oldest N", an equality FerretDB pushes down.
         """
         for model, owner in ((Notification, "recipient_id"), (BroadcastReceipt, "user_id")):
-            while batch := await model.find({owner: user_id}).limit(FORGET_BATCH).to_list():
-                await model.find({"_id": {"$in": [document.id for document in batch]}}).delete()
+            while batch := (
+                await model.find({owner: user_id})
+                .sort([("_id", SortDirection.ASCENDING)])
+                .limit(FORGET_BATCH)
+                .to_list()
+            ):
+                await model.find({owner: user_id, "_id": {"$lte": batch[-1].id}}).delete()
         inbox = await Inbox.get(user_id)
         if inbox is not None:
             await inbox.delete()
 
     async def dispatches(self, *, before: str | None = None, limit: int = 20) -> tuple[list[DispatchStats], str | None]:
         """What was sent, newest first, with how many recipients have read each."""
-        found, next_before = await newest_first(Dispatch, {}, before=before, limit=limit)
-        return [DispatchStats(dispatch, await self._read_count(dispatch)) for dispatch in found], next_before
-
-    @staticmethod
-    async def _read_count(dispatch: Dispatch) -> int:
-        if not dispatch.broadcast:
-            return await Notification.find({"dispatch_id": dispatch.id, "read_at": {"$ne": None}}).count()
-        receipts = await BroadcastReceipt.find({"notification_id": dispatch.id}).count()
-        read_all = await Inbox.find({"broadcasts_read_through": {"$gte": dispatch.id}}).count()
-        return receipts + read_all
+        return await dispatch_page(self.dispatch_log, self.read_tallies, before=before, limit=limit)

@@ -13,6 +13,10 @@ from tidings.documents.ids import parse_object_id
 from tidings.documents.user import email_key, username_key
 from tidings.server.adapters.errors import ValidationFailed
 
+# Lookups by _id, email_key or username_key (each under an index, on MongoDB and FerretDB alike).
+LOOKUP_ONE_BY_ONE = 1000
+LOOKUP_CONCURRENCY = 100
+
 
 async def resolve_recipients(
     *, user_ids: Sequence[str] = (), emails: Sequence[str] = (), usernames: Sequence[str] = ()
@@ -30,13 +34,9 @@ async def resolve_recipients(
     wanted_emails = list(dict.fromkeys(emails))
     wanted_usernames = list(dict.fromkeys(usernames))
     by_id, by_email, by_username = await asyncio.gather(
-        _found({"_id": {"$in": oids}}, oids, lambda user: user.id),
-        _found({"email_key": {"$in": [email_key(e) for e in wanted_emails]}}, wanted_emails, lambda u: u.email_key),
-        _found(
-            {"username_key": {"$in": [username_key(n) for n in wanted_usernames]}},
-            wanted_usernames,
-            lambda user: user.username_key,
-        ),
+        _found("_id", list(dict.fromkeys(oid for oid in oids if oid is not None)), lambda user: user.id),
+        _found("email_key", list(dict.fromkeys(map(email_key, wanted_emails))), lambda user: user.email_key),
+        _found("username_key", list(dict.fromkeys(map(username_key, wanted_usernames))), lambda u: u.username_key),
     )
     found: dict[str, tuple[list[str], list[PydanticObjectId | None]]] = {
         "user_ids": (wanted_ids, [by_id.get(oid) for oid in oids]),
@@ -53,11 +53,20 @@ async def resolve_recipients(
     return list(dict.fromkeys(oid for _, ids in found.values() for oid in ids if oid is not None))
 
 
-async def _found(
-    query: dict[str, Any], wanted: Sequence[Any], key: Callable[[User], Any]
-) -> dict[Any, PydanticObjectId]:
-    """The users matching `query` by `key` (nothing is read when nothing is wanted)."""
-    if not wanted:
+async def _found(field: str, values: Sequence[Any], key: Callable[[User], Any]) -> dict[Any, PydanticObjectId]:
+    """The ids of the users whose `field` is one of `values`, by `key` (nothing is read when nothing is wanted).
+
+    Up to LOOKUP_ONE_BY_ONE values, one equality per value, LOOKUP_CONCURRENCY at a time: FerretDB pushes an
+    equality down to its backend's index, where `$in` decodes the whole collection. More than that, one `$in`.
+    """
+    if not values:
         return {}
-    users = await User.find(query).to_list()
+    if len(values) > LOOKUP_ONE_BY_ONE:
+        users = await User.find({field: {"$in": list(values)}}).to_list()
+    else:
+        users = []
+        for start in range(0, len(values), LOOKUP_CONCURRENCY):
+            chunk = values[start : start + LOOKUP_CONCURRENCY]
+            found = await asyncio.gather(*(User.find_one({field: value}) for value in chunk))
+            users += [user for user in found if user is not None]
     return {key(user): user.id for user in users if user.id is not None}

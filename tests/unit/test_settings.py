@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.server.settings import MIN_SECRET_BYTES, Settings, SettingsError
+from tidings.server.settings import MIN_SECRET_BYTES, Settings, SettingsError, listen_backlog
 
 pytestmark = pytest.mark.unit
 
@@ -25,6 +25,7 @@ INT_VARIABLES = {
     "LOGIN_ATTEMPTS_PER_ADDRESS": "login_attempts_per_address",
     "LOGIN_WINDOW_SECONDS": "login_window_seconds",
     "MAX_BODY_BYTES": "max_body_bytes",
+    "LISTEN_BACKLOG": "listen_backlog",
 }
 
 
@@ -211,3 +212,13 @@ def test_jwt_secret_wins_over_the_file(tmp_path: Path) -> None:
     settings = Settings.from_env({"JWT_SECRET": "e" * 40, "JWT_SECRET_FILE": str(secret_file)})
     assert settings.jwt_secret == "e" * 40
     assert not secret_file.exists()
+
+
+def test_the_listen_backlog_is_read_alone_too() -> None:
+    """gunicorn.conf.py reads LISTEN_BACKLOG with the same rules, without the rest of the settings."""
+    assert Settings().listen_backlog == listen_backlog({}) == 4096
+    assert listen_backlog({"LISTEN_BACKLOG": "1024"}) == 1024
+    assert listen_backlog({"LISTEN_BACKLOG": ""}) == 4096
+    for value in ("0", "-5", "many"):
+        with pytest.raises(SettingsError, match="LISTEN_BACKLOG"):
+            listen_backlog({"LISTEN_BACKLOG": value})

@@ -1,0 +1,124 @@
+"""Broadcasts, numbered densely in id order and kept in pages, so that every read is an equality on a page number.
+
+A broadcast reaches every user who existed when it was sent, so a user's inbox holds every broadcast since they
+joined. Ranges and sorts over them would decode the whole collection on FerretDB; instead each broadcast carries
+its number (`broadcast_seq`) and page (`broadcast_page`), and one index document (`BroadcastIndex`) says how many
+were made and where each page starts. Reading the newest broadcasts, those after an id, or how many come after an
+id reads the index and one or two pages (at most BROADCAST_PAGE_SIZE documents each).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from beanie import PydanticObjectId
+
+from tidings.documents import BroadcastIndex, Notification
+from tidings.documents.ids import new_id
+from tidings.documents.notification import BROADCAST_PAGE_SIZE, BROADCASTS_ID
+from tidings.server.adapters.locks import Locks
+
+BROADCASTS_LOCK = "broadcasts"
+
+
+@dataclass(frozen=True)
+class Broadcasts:
+    locks: Locks
+
+    @staticmethod
+    async def index() -> BroadcastIndex:
+        return await BroadcastIndex.get(BROADCASTS_ID) or BroadcastIndex()
+
+    @staticmethod
+    async def page(number: int) -> list[Notification]:
+        """One page of broadcasts, in id order (index: broadcast_page, _id)."""
+        found = await Notification.find({"broadcast_page": number}).to_list()
+        return sorted(found, key=_id_of)
+
+    async def append(self, notification: Notification) -> None:
+        """Give a new broadcast its id (also its dispatch's) and number, and store it.
+
+        Under the "broadcasts" lock, so numbers are dense and follow ids. The broadcast is stored before the index
+        counts it: a crash in between leaves a numbered broadcast the index does not count yet, which the next
+        broadcast adopts, so numbers are never given twice.
+        """
+        async with self.locks.hold(BROADCASTS_LOCK):
+            index = await self.index()
+            await self._adopt_uncounted(index)
+            seq = index.made
+            # A broadcast is its own dispatch: its read count is found from either id.
+            notification.id = notification.dispatch_id = new_id()
+            notification.broadcast_seq = seq
+            notification.broadcast_page = seq // BROADCAST_PAGE_SIZE
+            await notification.insert()
+            _count(index, notification)
+            await index.save()
+
+    @staticmethod
+    async def _adopt_uncounted(index: BroadcastIndex) -> None:
+        while uncounted := await Notification.find_one(
+            {"broadcast_page": index.made // BROADCAST_PAGE_SIZE, "broadcast_seq": index.made}
+        ):
+            _count(index, uncounted)
+
+    async def count_through(self, index: BroadcastIndex, oid: PydanticObjectId) -> int:
+        """How many broadcasts have an id at or below `oid`, counting those retention deleted."""
+        number = bisect.bisect_right(index.page_starts, oid) - 1
+        if number < 0:
+            return index.first_kept
+        seqs = [_seq_of(n) for n in await self.page(number) if _id_of(n) <= oid and _seq_of(n) < index.made]
+        return max([index.first_kept, number * BROADCAST_PAGE_SIZE, *(seq + 1 for seq in seqs)])
+
+    async def newest(
+        self,
+        index: BroadcastIndex,
+        *,
+        floor: PydanticObjectId,
+        before: PydanticObjectId | None = None,
+        limit: int,
+        skip: frozenset[PydanticObjectId] = frozenset(),
+    ) -> list[Notification]:
+        """Up to `limit` broadcasts with floor < id < before, newest first, leaving out the ids in `skip`."""
+        starts = index.page_starts
+        number = len(starts) - 1 if before is None else bisect.bisect_left(starts, before) - 1
+        found: list[Notification] = []
+        while number >= 0 and len(found) < limit:
+            page = await self.page(number)
+            found.extend(
+                n
+                for n in reversed(page)
+                if floor < _id_of(n) and (before is None or _id_of(n) < before) and _id_of(n) not in skip
+            )
+            if starts[number] <= floor:
+                break
+            number -= 1
+        return found[:limit]
+
+    async def oldest_after(self, index: BroadcastIndex, after: PydanticObjectId, *, limit: int) -> list[Notification]:
+        """Up to `limit` broadcasts with an id above `after`, oldest first."""
+        starts = index.page_starts
+        number = max(bisect.bisect_right(starts, after) - 1, 0)
+        found: list[Notification] = []
+        while number < len(starts) and len(found) < limit:
+            found.extend(n for n in await self.page(number) if _id_of(n) > after)
+            number += 1
+        return found[:limit]
+
+
+def _count(index: BroadcastIndex, notification: Notification) -> None:
+    oid, seq = _id_of(notification), _seq_of(notification)
+    if seq % BROADCAST_PAGE_SIZE == 0:
+        index.page_starts.append(oid)
+    index.made = seq + 1
+    index.newest_id = oid
+
+
+def _id_of(notification: Notification) -> PydanticObjectId:
+    assert notification.id is not None
+    return notification.id
+
+
+def _seq_of(notification: Notification) -> int:
+    assert notification.broadcast_seq is not None
+    return notification.broadcast_seq
