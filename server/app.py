@@ -204,13 +204,15 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def apply_retention() -> None:
         # Deletes the days that fell out of NOTIFICATION_RETENTION_DAYS; idempotent, so overlapping runs are safe.
+        # The first run waits an interval too: start-up has enough to do, and a short-lived process (a test, a CLI
+        # command) should not be cancelled in the middle of a delete.
         while True:
+            await asyncio.sleep(app[settings_key].retention_interval)
             try:
                 with pymongo.timeout(app[settings_key].retention_interval):  # a first run may have many days to do
                     await app[retention_key].purge()
             except Exception:
                 log.exception("retention failed")
-            await asyncio.sleep(app[settings_key].retention_interval)
 
     tasks = [
         asyncio.create_task(sweep_sessions(), name="session-sweeper"),
