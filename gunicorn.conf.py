@@ -1,8 +1,9 @@
 """Gunicorn settings for production: `gunicorn -c gunicorn.conf.py` serves `server.app:app_factory` with uvloop.
 
-Read from the environment: TIDINGS_HOST (default 127.0.0.1; the Docker image sets 0.0.0.0), TIDINGS_PORT (8080) and
-WEB_CONCURRENCY (workers; default: the CPUs this process may run on). Anything else can be overridden on the command
-line or in GUNICORN_CMD_ARGS, as usual for gunicorn.
+Read from the environment: TIDINGS_HOST (default 127.0.0.1; the Docker image sets 0.0.0.0), TIDINGS_PORT (8080),
+WEB_CONCURRENCY (workers; default: the CPUs this process may run on) and LISTEN_BACKLOG (the listen queue, as for
+`tidings serve`; gunicorn's own default is 2048). Anything else can be overridden on the command line or in
+GUNICORN_CMD_ARGS, as usual for gunicorn.
 
 Logs: every line is JSON on stderr. The app's own loggers are set up by `app_factory` (server.logs), gunicorn's
 messages go through the same formatter (logconfig_dict below), and the access log is the app's JSON `AccessLogger`
@@ -23,6 +24,7 @@ from aiohttp.worker import GunicornWebWorker
 from tidings.server.keys import settings_key
 from tidings.server.logs import AccessLogger
 from tidings.server.runner import TidingsRunner
+from tidings.server.settings import listen_backlog
 
 wsgi_app = "tidings.server.app:app_factory"
 worker_class = "aiohttp.GunicornUVLoopWebWorker"
@@ -46,6 +48,10 @@ def _cpus() -> int:
 
 bind = [_bind()]
 workers = int(os.environ.get("WEB_CONCURRENCY") or _cpus())
+# Connections the kernel queues until a worker accepts them, enough for a reconnect storm (server/settings.py,
+# LISTEN_BACKLOG): gunicorn listens with it, and so does each worker's runner (below), as aiohttp's worker would
+# otherwise listen again on the same socket with aiohttp's default of 128.
+backlog = listen_backlog(os.environ)
 
 # Seconds. A worker whose event loop stops answering for `timeout` is killed and replaced. On SIGTERM (or a reload)
 # each worker stops accepting, closes open WebSockets and gives requests in flight 95% of `graceful_timeout` to finish
@@ -100,7 +106,8 @@ def post_worker_init(worker: Any) -> None:
     app's JSON AccessLogger, requests that aiohttp's HTTP parser refuses answered with the API's JSON error.
 
     aiohttp's worker accepts a factory that returns a `web.AppRunner` and then uses that runner as it is, so the
-    runner here carries what the worker would otherwise take from gunicorn's settings (keep-alive, shutdown timeout).
+    runner here carries what the worker would otherwise take from gunicorn's settings (keep-alive, shutdown timeout),
+    and the listen backlog, which the worker would otherwise leave at aiohttp's 128.
     """
     if not isinstance(worker, GunicornWebWorker):
         return
@@ -116,6 +123,7 @@ def post_worker_init(worker: Any) -> None:
             access_log=logging.getLogger("tidings.access") if app[settings_key].access_log else None,
             keepalive_timeout=cfg.keepalive,
             shutdown_timeout=cfg.graceful_timeout / 100 * 95,
+            backlog=cfg.backlog,
         )
 
     worker.wsgi = app_runner

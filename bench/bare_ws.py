@@ -6,7 +6,8 @@ GET /ws accepts any socket (no authentication, no database), sends {"type": "rea
 {"type": "ping"} with {"type": "pong"}. POST /broadcast
 with the same JSON body as tidings' POST /api/v1/notifications serializes the notification once and sends that
 text to every socket with `await ws.send_str(...)`, one socket after the other, then answers 201. Sockets get the
-same options as tidings gives them (heartbeat, frame size limit, no compression), so the figures compare.
+same options as tidings gives them (heartbeat, frame size limit, no compression), and it listens with tidings'
+backlog (LISTEN_BACKLOG, or `--backlog`), so the figures compare.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 from datetime import UTC, datetime
 
 import uvloop
 from aiohttp import WSMsgType, web
+
+from tidings.server.settings import listen_backlog
 
 sockets_key: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")
 _ids = itertools.count(1)
@@ -75,8 +79,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8091)
+    parser.add_argument("--backlog", type=int, default=listen_backlog(os.environ), help="listen queue (LISTEN_BACKLOG)")
     args = parser.parse_args()
-    web.run_app(make_app(), host=args.host, port=args.port, access_log=None, print=None, loop=uvloop.new_event_loop())
+    web.run_app(
+        make_app(),
+        host=args.host,
+        port=args.port,
+        backlog=args.backlog,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ text "400 Bad Request". aiohttp has no setting for that answer, and `web.Server`
 `RequestHandler`; so `TidingsRunner` builds its `web.Server` as a subclass that builds `_RequestHandler`, whose
 `handle_error` gives the JSON answer for the parser's refusals (status < 500) and leaves aiohttp's behaviour, logging
 included, unchanged otherwise. Nothing of aiohttp is patched: these are subclasses, used only by this runner.
-`web.run_app` cannot take a runner of its own, hence `run`, which does what `run_app` did for `tidings serve`.
+`web.run_app` cannot take a runner of its own, hence `run`, which does what `run_app` did for `tidings serve`, with
+a listen backlog of LISTEN_BACKLOG (gunicorn.conf.py gives gunicorn's sockets the same).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import uvloop
 from aiohttp import web
 
 from tidings.handlers.middlewares import refused_request_response
+from tidings.server.keys import settings_key
 
 log = logging.getLogger("tidings")
 
@@ -54,7 +56,22 @@ class _Server(web.Server):
 
 
 class TidingsRunner(web.AppRunner):
-    """`web.AppRunner` (same arguments) whose connections answer refused requests with the API's JSON error."""
+    """`web.AppRunner` (same arguments) whose connections answer refused requests with the API's JSON error.
+
+    `backlog`, when given, is the listen queue of every site this runner serves, whatever the site was made with:
+    aiohttp's gunicorn worker makes its `SockSite`s with aiohttp's default, 128, and starting a site listens again
+    on gunicorn's socket with that, replacing gunicorn's `backlog`. A site's backlog is only read when it starts,
+    just after it registers with its runner, so it is set there.
+    """
+
+    def __init__(self, app: web.Application, *, backlog: int | None = None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._backlog = backlog
+
+    def _reg_site(self, site: web.BaseSite) -> None:
+        super()._reg_site(site)
+        if self._backlog is not None:
+            site._backlog = self._backlog
 
     async def _make_server(self) -> web.Server:
         # aiohttp's start-up of the app (startup signals, freeze) and its server, rebuilt with the same arguments as
@@ -68,10 +85,10 @@ class TidingsRunner(web.AppRunner):
         )
 
 
-async def _serve(runner: web.AppRunner, host: str, port: int) -> None:
+async def _serve(runner: web.AppRunner, host: str, port: int, backlog: int) -> None:
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, backlog=backlog)
         await site.start()
         log.info("======== Running on %s ========\n(Press CTRL+C to quit)", site.name)
         await asyncio.Event().wait()  # until the task is cancelled (run: on SIGTERM or SIGINT)
@@ -79,13 +96,17 @@ async def _serve(runner: web.AppRunner, host: str, port: int) -> None:
         await runner.cleanup()
 
 
-def run(app: web.Application, host: str, port: int, **runner_options: Any) -> None:
+def run(app: web.Application, host: str, port: int, *, backlog: int | None = None, **runner_options: Any) -> None:
     """Serve `app` on host:port on a uvloop event loop until SIGTERM or SIGINT, then shut down gracefully: what
-    `web.run_app(app, host=..., port=..., loop=uvloop.new_event_loop(), **runner_options)` does, with
-    `TidingsRunner`. `runner_options` are AppRunner's (access_log, access_log_class, shutdown_timeout, ...)."""
+    `web.run_app(app, host=..., port=..., backlog=..., loop=uvloop.new_event_loop(), **runner_options)` does, with
+    `TidingsRunner`. `backlog`: the listen queue, by default the app's LISTEN_BACKLOG (aiohttp's own default, 128, is
+    overflowed by a reconnect storm). `runner_options` are AppRunner's (access_log, access_log_class,
+    shutdown_timeout, ...)."""
+    if backlog is None:
+        backlog = app[settings_key].listen_backlog
     runner = TidingsRunner(app, handle_signals=True, **{"keepalive_timeout": KEEPALIVE_TIMEOUT, **runner_options})
     loop = uvloop.new_event_loop()
-    main_task = loop.create_task(_serve(runner, host, port))
+    main_task = loop.create_task(_serve(runner, host, port, backlog))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main_task)

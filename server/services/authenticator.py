@@ -4,10 +4,18 @@ What a request needs: a valid signature and expiry (a pure function of the token
 and that neither its session nor its user was revoked or deactivated since (cached per session and per user,
 dropped on every change by an invalidation message through the broker). The cache is only trusted while the
 broker's subscription is live; while it is down every request reads MongoDB.
+
+Reads of a user or a session go through a Coalescer (server/adapters/coalesce.py) with `read_slots` slots: after a
+restart, the sockets of one user that reconnect together share one read of the user and one of the session, and a
+storm's reads are paced. A caller joins a read that waits for a slot, or one in flight that no invalidation has
+overtaken yet (the cache would have given it that result a moment later); while the broker is down, only a waiting
+one. A read that an invalidation overtook answers the callers who asked before it but is not cached, and nobody joins
+it any more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,6 +26,7 @@ from typing import Any, Literal, TypeVar
 from tidings.documents import Session, User
 from tidings.documents.ids import parse_object_id
 from tidings.server.adapters.broker import Broker
+from tidings.server.adapters.coalesce import Coalescer
 from tidings.server.adapters.codecs import AUTH_TOPIC, AuthChange, MalformedMessage, decode_auth, encode_auth
 from tidings.server.adapters.errors import Forbidden, InvalidToken
 from tidings.server.adapters.security import Claims, InvalidTokenError, Tokens, TokenType
@@ -28,6 +37,9 @@ Role = Literal["user", "admin"]
 AUTH_ROLE_ATTR = "__tidings_role__"
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 Derived = TypeVar("Derived")
+# Reads of users and sessions in flight at once per process: enough to keep MongoDB busy, few enough that a storm's
+# reads queue here (where the sockets of one user share one) rather than in the driver's pool, past MONGODB_TIMEOUT.
+READ_SLOTS = 32
 
 
 def auth_required(handler: Handler) -> Handler:
@@ -86,7 +98,9 @@ def _public_json(user: User) -> bytes:
 class Authenticator:
     """Turns an access token into a Principal, or raises InvalidToken."""
 
-    def __init__(self, tokens: Tokens, broker: Broker, max_entries: int = 100_000) -> None:
+    def __init__(
+        self, tokens: Tokens, broker: Broker, max_entries: int = 100_000, read_slots: int = READ_SLOTS
+    ) -> None:
         self._tokens = tokens
         self._broker = broker
         self._max_entries = max_entries
@@ -98,6 +112,13 @@ class Authenticator:
         self._sessions: dict[str, float] = {}  # live session id -> its expiry
         # Bumped by every invalidation, so a read that raced with one is not cached.
         self._generation = 0
+        slots = asyncio.Semaphore(read_slots)
+        self._user_reads: Coalescer[str, tuple[int, User | None]] = Coalescer(
+            self._read_user, slots, epoch=self._read_epoch
+        )
+        self._session_reads: Coalescer[str, tuple[int, Session | None]] = Coalescer(
+            self._read_session, slots, epoch=self._read_epoch
+        )
         broker.subscribe(AUTH_TOPIC, self._on_message)
         broker.on_connect(self.clear)
         broker.on_disconnect(self.clear)
@@ -156,9 +177,9 @@ class Authenticator:
         cached = cache.get(user_id) if self._broker.connected else None
         if cached is not None:
             return cached
-        generation = self._generation
-        oid = parse_object_id(user_id)
-        user = await User.get(oid) if oid is not None else None
+        if parse_object_id(user_id) is None:
+            return None
+        generation, user = await self._user_reads.get(user_id)
         if user is None:
             return None
         value = derive(user)
@@ -166,18 +187,33 @@ class Authenticator:
             self._remember(cache, user_id, value)
         return value
 
+    # The shared reads. Each returns the generation from when it started: only a read that no invalidation overtook
+    # may fill a cache.
+
+    def _read_epoch(self) -> int | None:
+        """A read in flight may be joined while this is what it was when the read started: while the cache could
+        have held its result. None (never) while the broker is down, as nothing would say that it went stale."""
+        return self._generation if self._broker.connected else None
+
+    async def _read_user(self, user_id: str) -> tuple[int, User | None]:
+        generation, oid = self._generation, parse_object_id(user_id)
+        return generation, await User.get(oid) if oid is not None else None
+
+    async def _read_session(self, session_id: str) -> tuple[int, Session | None]:
+        generation, oid = self._generation, parse_object_id(session_id)
+        # By _id alone: FerretDB pushes only {_id: value} down to its storage, and scans the collection for any
+        # other filter; the rest is checked by the caller.
+        return generation, await Session.get(oid) if oid is not None else None
+
     async def session_live(self, session_id: str, user_id: str) -> bool:
         now = time.time()
         expires_at = self._sessions.get(session_id) if self._broker.connected else None
         if expires_at is not None:
             return expires_at > now
-        generation = self._generation
         oid, uid = parse_object_id(session_id), parse_object_id(user_id)
         if oid is None or uid is None:
             return False
-        # By _id alone: FerretDB pushes only {_id: value} down to its storage, and scans the collection for any
-        # other filter; the rest is checked here.
-        session = await Session.get(oid)
+        generation, session = await self._session_reads.get(session_id)
         if session is None or session.user_id != uid or session.revoked_at is not None:
             return False
         expiry = session.expires_at.timestamp()

@@ -201,6 +201,42 @@ def test_garbage_is_an_invalid_token(tokens: Tokens, token: str) -> None:
         tokens.decode("access", token)
 
 
+def test_the_secret_is_prepared_once_not_for_every_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyJWT's key preparation (encoding, PEM/SSH/DER/JWK checks) runs when Tokens is built, not per token."""
+    prepared: list[str | bytes] = []
+    original = jwt.algorithms.HMACAlgorithm.prepare_key
+
+    def spy(self: jwt.algorithms.HMACAlgorithm, key: str | bytes) -> bytes:
+        prepared.append(key)
+        return original(self, key)
+
+    hand_signed = sign(SECRET, valid_claims())  # before the spy: PyJWT's own encode prepares the key each time
+    monkeypatch.setattr(jwt.algorithms.HMACAlgorithm, "prepare_key", spy)
+    tokens = Tokens(settings())
+    assert prepared == [SECRET]
+    for kind in KINDS:
+        assert tokens.decode(kind, issue(tokens, kind)).user_id == USER_ID
+    assert tokens.decode("access", hand_signed).version == 0
+    assert prepared == [SECRET]
+
+
+def test_a_secret_pyjwt_refuses_is_refused_when_tokens_are_built() -> None:
+    """As PyJWT refuses it per token (an asymmetric key as an HMAC secret), but at start-up."""
+    pem = "-----BEGIN PUBLIC KEY-----\n" + "A" * 64 + "\n-----END PUBLIC KEY-----\n"
+    with pytest.raises(jwt.InvalidKeyError):
+        Tokens(settings(jwt_secret=pem))
+
+
+def test_tokens_leave_pyjwt_itself_as_it_was(tokens: Tokens) -> None:
+    """Tokens has a PyJWT of its own: the module's functions keep every algorithm and check the key as before."""
+    token = issue(tokens)
+    payload = jwt.decode(token, SECRET, algorithms=["HS256"], audience=AUDIENCES["access"], issuer=ISSUER)
+    assert payload["sub"] == USER_ID
+    assert jwt.decode(sign(SECRET, valid_claims(), "HS512"), SECRET, algorithms=["HS512"], audience=AUDIENCES["access"])
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, "another-secret-" + "y" * 49, algorithms=["HS256"], audience=AUDIENCES["access"])
+
+
 # Passwords
 
 
