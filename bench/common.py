@@ -10,12 +10,13 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -244,3 +245,26 @@ def spread(values: Sequence[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"median {statistics.median(values):.1f} (min {min(values):.1f}, max {max(values):.1f})"
+
+
+async def run_interruptible(work: Callable[[], Awaitable[int]]) -> int:
+    """Run a benchmark; Ctrl-C or SIGTERM end it the same way, through its clean-up, with 128 + the signal."""
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def interrupt(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    # Both on the loop: once uvloop handles any signal, asyncio's own Ctrl-C handling no longer fires.
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt, signum)
+    try:
+        return await work()
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        log(f"interrupted ({signal.Signals(received[0]).name})")
+        return 128 + received[0]

@@ -53,7 +53,6 @@ import os
 import platform
 import random
 import re
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -86,6 +85,7 @@ from bench.common import (
     login,
     percentile,
     pid_listening_on,
+    run_interruptible,
     tidings_server,
 )
 from tests.launcher import HOST, MONGODB_URL, Isolation, ServerProcess
@@ -1214,26 +1214,7 @@ def write_json(path: str, document: dict[str, Any]) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    """The whole run; Ctrl-C or SIGTERM end it the same way, through its clean-up, with 128 + the signal."""
-    task = asyncio.current_task()
-    assert task is not None
-    received: list[int] = []
-
-    def interrupt(signum: int) -> None:
-        received.append(signum)
-        task.cancel()
-
-    # Both on the loop: once uvloop handles any signal, asyncio's own Ctrl-C handling no longer fires.
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, interrupt, signum)
-    try:
-        return await run_sizes(args)
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        log(f"interrupted ({signal.Signals(received[0]).name})")
-        return 128 + received[0]
+    return await run_interruptible(lambda: run_sizes(args))
 
 
 async def run_sizes(args: argparse.Namespace) -> int:

@@ -104,6 +104,7 @@ from bench.common import (
     login,
     percentile,
     pid_listening_on,
+    run_interruptible,
     script_server,
     tidings_server,
 )
@@ -1434,25 +1435,7 @@ def results_json(meta: dict[str, Any], results: list[Figures]) -> dict[str, Any]
 
 
 async def run(args: argparse.Namespace) -> int:
-    """The whole run; Ctrl-C or SIGTERM end it the same way, through its clean-up, with 128 + the signal."""
-    task = asyncio.current_task()
-    assert task is not None
-    received: list[int] = []
-
-    def interrupt(signum: int) -> None:
-        received.append(signum)
-        task.cancel()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, interrupt, signum)
-    try:
-        return await run_all(args)
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        log(f"interrupted ({signal.Signals(received[0]).name})")
-        return 128 + received[0]
+    return await run_interruptible(lambda: run_all(args))
 
 
 def stop_services(services: Sequence[FerretDBProcess | RedisProcess]) -> None:

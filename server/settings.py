@@ -21,32 +21,34 @@ class SettingsError(ValueError):
     """The environment does not describe a server that may start."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    """A positive integer: every count, size, cost and lifetime here must be at least 1."""
+def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int, kind: str, range_text: str) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if value < 1:
-        raise SettingsError(f"{name} must be a positive integer, got {raw!r}")
+        raise SettingsError(f"{name} must be {kind}, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be {range_text}, got {raw!r}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    """A positive integer: every count, size, cost and lifetime here must be at least 1."""
+    return _whole(env, name, default, minimum=1, kind="an integer", range_text="a positive integer")
 
 
 def _days(env: Mapping[str, str], name: str, default: int) -> int:
     """A number of days, 0 meaning "forever"."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number of days, got {raw!r}") from None
-    if value < 0:
-        raise SettingsError(f"{name} must be 0 (keep forever) or a positive number of days, got {raw!r}")
-    return value
+    return _whole(
+        env,
+        name,
+        default,
+        minimum=0,
+        kind="a whole number of days",
+        range_text="0 (keep forever) or a positive number of days",
+    )
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
