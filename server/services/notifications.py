@@ -96,6 +96,16 @@ class ReadTallies(Protocol):
     async def counts(self, dispatches: Sequence[Dispatch]) -> dict[PydanticObjectId, int]: ...
 
 
+async def _inbox_and_state(user_id: PydanticObjectId) -> tuple[Inbox | None, BroadcastState]:
+    """The user's inbox document and broadcast read state, from both reads at once. Receipts at or below the
+    watermark (read-all deletes them, but one marked read meanwhile may remain) are left out."""
+    inbox, receipts = await asyncio.gather(Inbox.get(user_id), BroadcastReceipt.find({"user_id": user_id}).to_list())
+    watermark = inbox.broadcasts_read_through if inbox else None
+    floor = max(user_id, watermark) if watermark is not None else user_id
+    read_ids = frozenset(receipt.notification_id for receipt in receipts if receipt.notification_id > floor)
+    return inbox, BroadcastState(floor, read_ids)
+
+
 def _id_of(notification: Notification) -> PydanticObjectId:
     assert notification.id is not None
     return notification.id
@@ -227,16 +237,7 @@ class NotificationService:
 
     @staticmethod
     async def broadcast_state(user_id: PydanticObjectId) -> BroadcastState:
-        # Both reads at once; receipts at or below the watermark (read-all deletes them, but one marked read
-        # meanwhile may remain) are left out here.
-        inbox, receipts = await asyncio.gather(
-            Inbox.get(user_id), BroadcastReceipt.find({"user_id": user_id}).to_list()
-        )
-        watermark = inbox.broadcasts_read_through if inbox else None
-        floor = max(user_id, watermark) if watermark is not None else user_id
-        return BroadcastState(
-            floor, frozenset(receipt.notification_id for receipt in receipts if receipt.notification_id > floor)
-        )
+        return (await _inbox_and_state(user_id))[1]
 
     async def inbox(
         self, user_id: PydanticObjectId, *, before: str | None = None, limit: int = 50, unread: bool = False
@@ -331,12 +332,11 @@ class NotificationService:
             await self.read_tallies.direct_read(by_dispatch)
 
     async def _read_all_broadcasts(self, user_id: PydanticObjectId) -> None:
-        state, index = await asyncio.gather(self.broadcast_state(user_id), self.broadcasts.index())
+        (inbox, state), index = await asyncio.gather(_inbox_and_state(user_id), self.broadcasts.index())
         watermark = index.newest_id
         if watermark is None or watermark <= state.floor:
             return
         read_before = await self.broadcasts.count_through(index, state.floor)
-        inbox = await Inbox.get(user_id)
         if inbox is None:
             await Inbox(id=user_id, broadcasts_read_through=watermark).insert()
         else:
