@@ -7,8 +7,9 @@
 
 What it does, against a database and Redis prefix of its own (tests/launcher.py's Isolation):
 
-1. starts one `tidings serve` process (bench/common.py's tidings_server: ACCESS_LOG=0, the default LOG_LEVEL, cheap
-   password hashing, login rate limits lifted), which creates the collections and their indexes;
+1. starts one `tidings serve` process (bench/common.py's tidings_server: ACCESS_LOG=0 unless --access-log, the
+   default LOG_LEVEL, cheap password hashing, login rate limits lifted), which creates the collections and their
+   indexes;
 2. seeds with direct inserts (insert_many, `--batch` documents at a time): the admin, a "probe" user (the one
    measured) and `--users` users, all with one real argon2id hash of bench/common.py's PASSWORD computed once with
    the server's own parameters; then the probe's own history (150 notifications, 30% unread);
@@ -1221,7 +1222,7 @@ async def run_sizes(args: argparse.Namespace) -> int:
     log_dir = bench_log_dir()
     isolation = Isolation.new("bench", "scale")
     extra = {} if args.mongodb_timeout is None else {"MONGODB_TIMEOUT": str(args.mongodb_timeout)}
-    server = tidings_server("tidings-scale", isolation, log_dir, access_log=False, **extra)
+    server = tidings_server("tidings-scale", isolation, log_dir, access_log=args.access_log, **extra)
     mongo: AsyncMongoClient[Doc] = AsyncMongoClient(
         isolation.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=10_000, socketTimeoutMS=300_000
     )
@@ -1334,6 +1335,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="of the random choices")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the database and the Redis keys")
+    parser.add_argument(
+        "--access-log", action="store_true", help="the server's JSON access log on, as a user's default is"
+    )
     args = parser.parse_args()
     args.users = args.users or (1000 if args.quick else 10_000)
     args.sizes = args.sizes or ([0, 20_000] if args.quick else [0, 100_000, 1_000_000])
