@@ -100,6 +100,7 @@ from tidings.documents import (
     Dispatch,
     DispatchLogDirectory,
     Inbox,
+    InboxPage,
     Notification,
     ReadCounter,
     ReadTally,
@@ -108,7 +109,7 @@ from tidings.documents import (
 from tidings.documents.clock import day_number, utcnow
 from tidings.documents.dispatch_log import LOG_PAGE_SIZE
 from tidings.documents.ids import new_id
-from tidings.documents.notification import BROADCAST_PAGE_SIZE
+from tidings.documents.notification import BROADCAST_PAGE_SIZE, INBOX_PAGE_SIZE, inbox_page_key
 from tidings.documents.user import email_key, search_keys_for, username_key
 from tidings.handlers.admin.cookies import SESSION_COOKIE
 from tidings.server.settings import Settings
@@ -253,6 +254,10 @@ class Seeder:
         self.cursor = 0
         self.broadcasts: list[ObjectId] = []
         self.inboxes_created = False
+        # Each user's next number in their inbox (services/inbox_pages.py), the server's included, and the users
+        # whose top page this step moved.
+        self.inbox_numbers: dict[ObjectId, int] = {}
+        self.inbox_pages_opened: set[ObjectId] = set()
         self.sent = 0
         self.bound = False
         # What the server keeps beside the documents, as it would have kept it: the log of sends (one number per
@@ -393,6 +398,20 @@ class Seeder:
         directory = await self.db[DispatchLogDirectory.Settings.name].find_one({"_id": "dispatch_log"})
         if directory is not None:
             self.log_pages = list(zip(directory["pages"], directory["starts"], directory["opened"], strict=True))
+        if self.isolation.redis_url:
+            # The server's sends numbered in inboxes too (any user's, the admin's included).
+            everyone = [self.admin.id, *(user.id for user in self.users)]
+            client = aioredis.Redis.from_url(self.isolation.redis_url)
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for user in everyone:
+                        pipe.hget(self.inbox_counter_key(user), "n")
+                    numbers = await pipe.execute()
+            finally:
+                await client.aclose()
+            for user, number in zip(everyone, numbers, strict=True):
+                if number is not None:
+                    self.inbox_numbers[user] = max(self.inbox_numbers.get(user, 0), int(number) + 1)
         if counter is not None:
             self.dispatches = int(counter) + 1
         elif self.log_pages:
@@ -401,6 +420,9 @@ class Seeder:
     @property
     def counter_key(self) -> str:
         return f"{self.isolation.prefix}dispatch_log:number"
+
+    def inbox_counter_key(self, user: ObjectId) -> str:
+        return f"{self.isolation.prefix}inbox:{user}"
 
     async def bookkeeping(self) -> None:
         """What the server keeps beside the documents, brought up to date with what this step seeded: the broadcast
@@ -444,10 +466,28 @@ class Seeder:
             summary["totals"][number] += change
         await self.db[CoverageSummary.Settings.name].replace_one({"_id": "summary"}, summary, upsert=True)
         self.new_coverage = []
+        inboxes = self.db[Inbox.Settings.name]
+        opened = list(self.inbox_pages_opened)
+        for start in range(0, len(opened), 32):
+            await asyncio.gather(
+                *(
+                    inboxes.update_one(
+                        {"_id": user},
+                        {"$max": {"top_page": (self.inbox_numbers[user] - 1) // INBOX_PAGE_SIZE}},
+                        upsert=True,
+                    )
+                    for user in opened[start : start + 32]
+                )
+            )
+        self.inbox_pages_opened = set()
         if self.isolation.redis_url:
             client = aioredis.Redis.from_url(self.isolation.redis_url)
             try:
                 await client.set(self.counter_key, self.dispatches - 1)
+                async with client.pipeline(transaction=False) as pipe:
+                    for user, number in self.inbox_numbers.items():
+                        pipe.hset(self.inbox_counter_key(user), mapping={"n": number - 1, "last": ""})
+                    await pipe.execute()
             finally:
                 await client.aclose()
 
@@ -484,6 +524,19 @@ class Seeder:
             notification_id = new_id()
             read = not unread and (recipient in self.watermarked or self.rng.random() < read_share)
             reads += read
+            number = self.inbox_numbers.get(recipient, 0)
+            self.inbox_numbers[recipient] = number + 1
+            if number % INBOX_PAGE_SIZE == 0:
+                self.inbox_pages_opened.add(recipient)
+                await self.writer.add(
+                    InboxPage.Settings.name,
+                    {
+                        "_id": inbox_page_key(recipient, number // INBOX_PAGE_SIZE),
+                        "user_id": recipient,
+                        "start": notification_id,
+                        "created_day": day_number(now),
+                    },
+                )
             await self.writer.add(
                 Notification.Settings.name,
                 {
@@ -500,6 +553,7 @@ class Seeder:
                     "broadcast_page": None,
                     "created_at": now,
                     "created_day": day_number(now),
+                    "inbox_page": inbox_page_key(recipient, number // INBOX_PAGE_SIZE),
                 },
             )
             if recipient == self.probe.user.id:

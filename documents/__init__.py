@@ -4,7 +4,7 @@ from beanie import Document
 
 from tidings.documents.audit import AuditEntry
 from tidings.documents.dispatch_log import DispatchLogDirectory
-from tidings.documents.notification import BroadcastIndex, BroadcastReceipt, Dispatch, Inbox, Notification
+from tidings.documents.notification import BroadcastIndex, BroadcastReceipt, Dispatch, Inbox, InboxPage, Notification
 from tidings.documents.read_count import (
     CoveragePage,
     CoverageSummary,
@@ -24,6 +24,7 @@ ALL_DOCUMENTS: list[type[Document]] = [
     BroadcastReceipt,
     BroadcastIndex,
     Inbox,
+    InboxPage,
     Dispatch,
     AuditEntry,
     DispatchLogDirectory,
@@ -48,6 +49,7 @@ __all__ = [
     "DispatchLogDirectory",
     "FoldState",
     "Inbox",
+    "InboxPage",
     "Notification",
     "ReadCounter",
     "ReadTally",

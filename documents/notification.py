@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar
 
 from beanie import Document, Indexed, PydanticObjectId
+from bson import ObjectId
 from pydantic import Field
 from pymongo import ASCENDING, IndexModel
 
@@ -13,6 +14,18 @@ from tidings.documents.clock import today_number, utcnow
 # `broadcast_page`, which FerretDB pushes down to its backend, where ranges and sorts decode the whole collection.
 BROADCAST_PAGE_SIZE = 50
 BROADCASTS_ID = "broadcasts"
+# A user's direct notifications are numbered 0, 1, 2, ... as they are sent and kept in pages of this many
+# (services/inbox_pages.py): an inbox page reads a page or two by equality on `inbox_page`, never the whole history.
+INBOX_PAGE_SIZE = 25
+
+
+def inbox_page_key(user_id: ObjectId, page: int) -> str:
+    """The value of `Notification.inbox_page` (and a marker's id) for one page of one user's inbox."""
+    return f"{user_id}:{page}"
+
+
+def page_of_key(key: str) -> int:
+    return int(key.rpartition(":")[2])
 
 
 class Notification(Document):
@@ -34,6 +47,8 @@ class Notification(Document):
     created_at: datetime = Field(default_factory=utcnow)
     # created_at's day (documents/clock.py day_number): retention deletes a day at a time by equality.
     created_day: int = Field(default_factory=today_number)
+    # Direct only: inbox_page_key(recipient, page), the page of the recipient's inbox it is kept in.
+    inbox_page: str | None = None
 
     class Settings:
         name = "notifications"
@@ -43,6 +58,7 @@ class Notification(Document):
             IndexModel([("unread_by", ASCENDING), ("_id", ASCENDING)]),
             IndexModel([("broadcast_page", ASCENDING), ("_id", ASCENDING)]),
             IndexModel([("created_day", ASCENDING), ("_id", ASCENDING)]),
+            IndexModel([("inbox_page", ASCENDING), ("_id", ASCENDING)]),
         ]
 
     @property
@@ -78,12 +94,37 @@ class BroadcastReceipt(Document):
 
 
 class Inbox(Document):
-    """Per-user read watermark for broadcasts; its id is the user's id."""
+    """Per user (its id is the user's id): the read watermark for broadcasts, and the pages of direct notifications.
+
+    Written under the lock "inbox:<user id>" (FerretDB applies updates as read-modify-write).
+    """
 
     broadcasts_read_through: PydanticObjectId | None = Field(default=None)
+    # The newest page opened (its marker is stored first), and the lowest page there can be: pages the start-up
+    # backfill gave to notifications stored before inbox pages existed are -1, -2, ...
+    top_page: int | None = None
+    low_page: int = 0
 
     class Settings:
         name = "inboxes"
+
+
+class InboxPage(Document):
+    """A page of a user's inbox was opened (its id is inbox_page_key(user, page)): an empty page with a marker lies
+    inside the inbox (every number of it went to a send that failed), one without lies below its end.
+
+    `start` is the id of the page's first notification: every notification of a lower page has an older id.
+    """
+
+    id: str  # type: ignore[assignment]
+    user_id: PydanticObjectId
+    start: PydanticObjectId
+    # The start's day: retention deletes markers with their day (a page keeps its notifications without one).
+    created_day: int
+
+    class Settings:
+        name = "inbox_pages"
+        indexes: ClassVar = [IndexModel([("user_id", ASCENDING)]), IndexModel([("created_day", ASCENDING)])]
 
 
 class BroadcastIndex(Document):

@@ -21,7 +21,12 @@ from tidings.server.adapters.broker import MemoryBroker, RedisBroker
 from tidings.server.adapters.db import init_database
 from tidings.server.adapters.leases import Leases
 from tidings.server.adapters.locks import Locks
-from tidings.server.adapters.numbering import MemoryNumbering, RedisNumbering
+from tidings.server.adapters.numbering import (
+    MemoryInboxNumbering,
+    MemoryNumbering,
+    RedisInboxNumbering,
+    RedisNumbering,
+)
 from tidings.server.adapters.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from tidings.server.adapters.security import Passwords, Tokens
 from tidings.server.adapters.tasks import cancel_and_wait
@@ -51,6 +56,7 @@ from tidings.server.services.audit import AuditLog
 from tidings.server.services.authenticator import Authenticator
 from tidings.server.services.broadcasts import Broadcasts
 from tidings.server.services.dispatch_log import DispatchLog
+from tidings.server.services.inbox_pages import InboxPages
 from tidings.server.services.migrations import MIGRATIONS_TIMEOUT, run_migrations
 from tidings.server.services.notifications import NotificationService
 from tidings.server.services.read_counts import ReadCounts
@@ -146,7 +152,10 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     # Start-up work, once per database: dispatches stored before the log get their pages (idempotent; when another
     # process holds the backfill, the background task below finishes it should that process stop).
     await dispatch_log.backfill()
-    notifications = NotificationService(app[broker_key], audit, locks, Broadcasts(locks), read_counts, dispatch_log)
+    inbox_numbering = RedisInboxNumbering(redis, settings.redis_prefix) if redis is not None else MemoryInboxNumbering()
+    notifications = NotificationService(
+        app[broker_key], audit, locks, Broadcasts(locks), read_counts, dispatch_log, InboxPages(inbox_numbering, locks)
+    )
     app[notifications_key] = notifications
     app[retention_key] = Retention(settings.notification_retention_days, locks, read_counts.forget)
     app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit, locks)

@@ -15,7 +15,7 @@ from tidings.documents.clock import day_number, utcnow
 from tidings.documents.ids import new_id
 from tidings.documents.retention import RETENTION_ID
 from tidings.server.keys import mongo_key, settings_key
-from tidings.server.services.migrations import MIGRATIONS, NOTIFICATION_FIELDS, run_migrations
+from tidings.server.services.migrations import INBOX_PAGES, MIGRATIONS, NOTIFICATION_FIELDS, run_migrations
 
 
 async def test_legacy_notifications_are_dated_marked_and_numbered(
@@ -44,7 +44,7 @@ async def test_legacy_notifications_are_dated_marked_and_numbered(
     await database.broadcast_receipts.insert_one(
         {"_id": new_id(), "notification_id": broadcasts[1], "user_id": alice_id}
     )
-    await database[MIGRATIONS].delete_one({"_id": NOTIFICATION_FIELDS})
+    await database[MIGRATIONS].delete_many({"_id": {"$in": [NOTIFICATION_FIELDS, INBOX_PAGES]}})
     await database.retention.delete_many({})
 
     await run_migrations(database)

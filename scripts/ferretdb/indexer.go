@@ -36,6 +36,7 @@ import (
 var defaultIndexFields = []string{
 	"recipient_id", "user_id", "email_key", "username_key", "dispatch_id",
 	"unread_by", "broadcast_page", "search_keys", "notification_id", "created_day", "log_page", "fold_slot",
+	"inbox_page",
 }
 
 // fieldName is what -index-fields accepts: a plain top-level field name. FerretDB

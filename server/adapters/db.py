@@ -9,7 +9,9 @@ from beanie.odm.fields import IndexModelField
 from beanie.odm.utils.pydantic import get_model_fields
 from beanie.odm.utils.typing import get_index_attributes
 from pymongo import IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from tidings.documents import ALL_DOCUMENTS
 
@@ -43,3 +45,12 @@ async def init_database(database: AsyncDatabase[Any]) -> None:
             # only if it holds a single index.
             if index.document["name"] not in existing:
                 await collection.create_indexes([index])
+
+
+async def upsert(collection: AsyncCollection[Any], document_id: Any, update: dict[str, Any]) -> None:
+    """Update one document by `_id`, making it if missing. Two upserts of a missing document at once can both
+    insert, and one fails with a duplicate key (on MongoDB too); by then the document exists, so it is updated."""
+    try:
+        await collection.update_one({"_id": document_id}, update, upsert=True)
+    except DuplicateKeyError:
+        await collection.update_one({"_id": document_id}, update)

@@ -7,7 +7,8 @@ restarts the sequence from what it keeps in MongoDB (`start_after`), without a s
 
 from __future__ import annotations
 
-from typing import cast
+from collections import OrderedDict
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -72,3 +73,144 @@ class MemoryNumbering(Numbering):
     async def start_after(self, value: int) -> None:
         if self._value is None:
             self._value = value
+
+
+# Each key is one user's hash {n: the last number given, last: the id it went to}. An id not newer than `last` is
+# replaced by the smallest id above it, so each user's ids follow their numbers (24 lowercase hex digits compare
+# as the ids do). A missing key answers false: the caller restarts it (`start_after`).
+_ASSIGN = """
+local function above(hex)
+  local digits = '0123456789abcdef'
+  local out = {}
+  for c in hex:gmatch('.') do out[#out + 1] = c end
+  local i = #out
+  while i > 0 do
+    local v = digits:find(out[i], 1, true)
+    if v < 16 then
+      out[i] = digits:sub(v + 1, v + 1)
+      break
+    end
+    out[i] = '0'
+    i = i - 1
+  end
+  return table.concat(out)
+end
+local result = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 0 then
+    result[i] = false
+  else
+    local id = ARGV[i + 1]
+    local last = redis.call('HGET', key, 'last')
+    if last and id <= last then
+      id = above(last)
+    end
+    local n = redis.call('HINCRBY', key, 'n', 1)
+    redis.call('HSET', key, 'last', id)
+    redis.call('EXPIRE', key, ARGV[1])
+    result[i] = {n, id}
+  end
+end
+return result
+"""
+
+# A user's counter lives this long after its last use; a lost or expired one restarts on a fresh page.
+INBOX_COUNTER_TTL = 30 * 24 * 3600
+MEMORY_INBOX_COUNTERS = 100_000
+
+
+def id_above(hex_id: str) -> str:
+    """The smallest id (24 lowercase hex digits) above `hex_id`: the Lua script's `above`, for the process's own
+    counters."""
+    return f"{int(hex_id, 16) + 1:024x}"
+
+
+class InboxNumbering:
+    """Per-user numbers for inbox pages (services/inbox_pages.py): each user's numbers in the order of their ids."""
+
+    async def assign(self, pairs: list[tuple[str, str]]) -> list[tuple[int, str] | None]:
+        """For each (user, id): its number and the id to store it under (`id`, or the smallest id above the last
+        one numbered for that user), or None when the user's counter does not exist (start it with
+        `start_after`)."""
+        raise NotImplementedError
+
+    async def current(self, user: str) -> int | None:
+        """The last number given to `user`, or None when the counter does not exist."""
+        raise NotImplementedError
+
+    async def start_after(self, user: str, value: int) -> None:
+        """Make the user's next number `value + 1`, unless another process started the counter first."""
+        raise NotImplementedError
+
+
+class RedisInboxNumbering(InboxNumbering):
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}inbox:"
+        self._assign = redis.register_script(_ASSIGN)
+
+    async def assign(self, pairs: list[tuple[str, str]]) -> list[tuple[int, str] | None]:
+        if not pairs:
+            return []
+        try:
+            result = await self._assign(
+                keys=[self._prefix + user for user, _ in pairs], args=[INBOX_COUNTER_TTL, *(oid for _, oid in pairs)]
+            )
+        except (RedisError, OSError) as exc:
+            raise NumberingUnavailable(str(exc)) from exc
+        return [None if item is None else (int(item[0]), _text(item[1])) for item in cast(list[Any], result)]
+
+    async def current(self, user: str) -> int | None:
+        try:
+            value = await self._redis.hget(self._prefix + user, "n")
+        except (RedisError, OSError) as exc:
+            raise NumberingUnavailable(str(exc)) from exc
+        return None if value is None else int(value)
+
+    async def start_after(self, user: str, value: int) -> None:
+        key = self._prefix + user
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(key, "n", value)
+                pipe.expire(key, INBOX_COUNTER_TTL)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise NumberingUnavailable(str(exc)) from exc
+
+
+class MemoryInboxNumbering(InboxNumbering):
+    """For a single process without Redis; the least recently used counters are dropped past a bound (they restart
+    on a fresh page, like an expired Redis key)."""
+
+    def __init__(self, capacity: int = MEMORY_INBOX_COUNTERS) -> None:
+        self._capacity = capacity
+        self._counters: OrderedDict[str, tuple[int, str]] = OrderedDict()
+
+    async def assign(self, pairs: list[tuple[str, str]]) -> list[tuple[int, str] | None]:
+        result: list[tuple[int, str] | None] = []
+        for user, oid in pairs:
+            counter = self._counters.get(user)
+            if counter is None:
+                result.append(None)
+                continue
+            number, last = counter
+            if last and oid <= last:
+                oid = id_above(last)
+            self._counters[user] = (number + 1, oid)
+            self._counters.move_to_end(user)
+            result.append((number + 1, oid))
+        return result
+
+    async def current(self, user: str) -> int | None:
+        counter = self._counters.get(user)
+        return None if counter is None else counter[0]
+
+    async def start_after(self, user: str, value: int) -> None:
+        if user not in self._counters:
+            self._counters[user] = (value, "")
+            while len(self._counters) > self._capacity:
+                self._counters.popitem(last=False)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -22,19 +22,26 @@ from tidings.documents.clock import day_number, utcnow
 from tidings.documents.notification import (
     BROADCAST_PAGE_SIZE,
     BROADCASTS_ID,
+    INBOX_PAGE_SIZE,
     BroadcastIndex,
     BroadcastReceipt,
     Dispatch,
+    Inbox,
+    InboxPage,
     Notification,
+    inbox_page_key,
+    page_of_key,
 )
 from tidings.documents.retention import RETENTION_ID, RetentionMark
 from tidings.documents.user import User, search_keys_for
+from tidings.server.adapters.db import upsert
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = "migrations"
 USER_KEYS = "users.search_keys_and_created_day"
 NOTIFICATION_FIELDS = "notifications.unread_by_created_day_and_broadcast_numbers"
+INBOX_PAGES = "notifications.inbox_pages"
 READ_WINDOW = 50_000
 WRITE_CONCURRENCY = 10
 # How long one start-up may spend on migrations: a backfill reads and writes a whole collection, once (10,000 users
@@ -46,6 +53,7 @@ async def run_migrations(database: AsyncDatabase[Any]) -> None:
     """Every migration this version needs, in order."""
     await _once(database, USER_KEYS, backfill_users)
     await _once(database, NOTIFICATION_FIELDS, backfill_notifications)
+    await _once(database, INBOX_PAGES, backfill_inbox_pages)
 
 
 async def _once(
@@ -161,6 +169,45 @@ async def _number_broadcasts(database: AsyncDatabase[Any]) -> int:
     await database[BroadcastIndex.Settings.name].replace_one(
         {"_id": BROADCASTS_ID}, index.model_dump(by_alias=True), upsert=True
     )
+    return changed
+
+
+async def backfill_inbox_pages(database: AsyncDatabase[Any]) -> int:
+    """Give the direct notifications stored before inbox pages existed their pages (services/inbox_pages.py);
+    returns how many documents changed.
+
+    Each user's, newest first, fill pages -1, -2, ... (INBOX_PAGE_SIZE each), with a marker each; the user's Inbox
+    gets top_page -1 (unless live pages exist) and low_page, so live numbering starts at page 0. Computed from every
+    direct notification without a live page, so processes starting at once, or one going on where another stopped,
+    write the same values. One read of every direct notification (`$ne` is not pushed down on FerretDB), once.
+    """
+    notifications = database[Notification.Settings.name]
+    found = await notifications.find(
+        {"recipient_id": {"$ne": None}}, {"recipient_id": 1, "inbox_page": 1, "created_day": 1}
+    ).to_list()
+    by_user: dict[Any, list[dict[str, Any]]] = {}
+    for doc in found:
+        page = doc.get("inbox_page")
+        if page is None or page_of_key(page) < 0:
+            by_user.setdefault(doc["recipient_id"], []).append(doc)
+    changed = 0
+    for user_id, docs in by_user.items():
+        docs.sort(key=lambda doc: doc["_id"], reverse=True)
+        updates = []
+        for position, doc in enumerate(docs):
+            key = inbox_page_key(user_id, -1 - position // INBOX_PAGE_SIZE)
+            if doc.get("inbox_page") != key:
+                updates.append(({"_id": doc["_id"]}, {"inbox_page": key}))
+        pages = -(-len(docs) // INBOX_PAGE_SIZE)
+        for page in range(1, pages + 1):
+            start = docs[min(page * INBOX_PAGE_SIZE, len(docs)) - 1]  # the page's oldest
+            marker = {"_id": inbox_page_key(user_id, -page), "user_id": user_id, "start": start["_id"]}
+            with contextlib.suppress(DuplicateKeyError):  # written by another process, or an earlier start
+                await database[InboxPage.Settings.name].insert_one(
+                    {**marker, "created_day": start.get("created_day", _day_of(start))}
+                )
+        await upsert(database[Inbox.Settings.name], user_id, {"$max": {"top_page": -1}, "$min": {"low_page": -pages}})
+        changed += await _update_each(notifications, updates)
     return changed
 
 

@@ -27,6 +27,7 @@ from tidings.server.adapters.pagination import parse_cursor
 from tidings.server.services.audit import Actor, AuditLog
 from tidings.server.services.broadcasts import Broadcasts
 from tidings.server.services.dispatch_log import DispatchLog, DispatchStats, dispatch_page
+from tidings.server.services.inbox_pages import InboxPages, inbox_lock
 from tidings.server.services.recipients import resolve_recipients
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class NotificationService:
     broadcasts: Broadcasts
     read_tallies: ReadTallies
     dispatch_log: DispatchLog
+    inbox_pages: InboxPages
 
     async def send(
         self,
@@ -189,6 +191,7 @@ class NotificationService:
         # Its page of the log of sends, numbered right after its id was made (services/dispatch_log.py).
         await self.dispatch_log.assign(dispatch)
         if not broadcast:
+            await self.inbox_pages.assign(notifications)
             await Notification.insert_many(notifications)
         await dispatch.insert()
         await self.publish(notifications)
@@ -220,6 +223,7 @@ class NotificationService:
             created_at=now,
             created_day=day_number(now),
         )
+        await self.inbox_pages.assign([notification])
         await notification.insert()
         await self.publish([notification])
         return notification
@@ -242,15 +246,15 @@ class NotificationService:
     async def inbox(
         self, user_id: PydanticObjectId, *, before: str | None = None, limit: int = 50, unread: bool = False
     ) -> Page:
-        """Newest first, keyset-paginated on the id: the user's direct notifications and the broadcasts since they
-        joined, each read by equality on an indexed field (docs/scaling.md)."""
+        """Newest first, keyset-paginated on the id: the user's direct notifications (a page or two of their inbox,
+        or their unread ones) and the broadcasts since they joined, each read by equality on an indexed field
+        (docs/scaling.md)."""
         before_oid = parse_cursor(before)
-        state, index = await asyncio.gather(self.broadcast_state(user_id), self.broadcasts.index())
-        direct_query: dict[str, Any] = {"unread_by" if unread else "recipient_id": user_id}
-        if before_oid is not None:
-            direct_query["_id"] = {"$lt": before_oid}
+        (inbox, state), index = await asyncio.gather(_inbox_and_state(user_id), self.broadcasts.index())
         direct, broadcasts = await asyncio.gather(
-            Notification.find(direct_query).sort([("_id", SortDirection.DESCENDING)]).limit(limit + 1).to_list(),
+            self._unread_direct(user_id, before_oid, limit + 1)
+            if unread
+            else self.inbox_pages.newest(user_id, inbox, before=before_oid, limit=limit + 1),
             self.broadcasts.newest(
                 index,
                 floor=state.floor if unread else user_id,
@@ -263,17 +267,22 @@ class NotificationService:
         next_before = str(_id_of(found[limit - 1])) if len(found) > limit else None
         return Page([n.public(state.is_read(n)) for n in found[:limit]], next_before)
 
+    @staticmethod
+    async def _unread_direct(
+        user_id: PydanticObjectId, before: PydanticObjectId | None, limit: int
+    ) -> list[Notification]:
+        query: dict[str, Any] = {"unread_by": user_id}
+        if before is not None:
+            query["_id"] = {"$lt": before}
+        return await Notification.find(query).sort([("_id", SortDirection.DESCENDING)]).limit(limit).to_list()
+
     async def after(self, user_id: PydanticObjectId, after: PydanticObjectId, limit: int) -> list[dict[str, Any]]:
         """Notifications newer than `after`, oldest first: what a reconnecting socket missed."""
-        state, index, direct = await asyncio.gather(
-            self.broadcast_state(user_id),
-            self.broadcasts.index(),
-            Notification.find({"recipient_id": user_id, "_id": {"$gt": after}})
-            .sort([("_id", SortDirection.ASCENDING)])
-            .limit(limit)
-            .to_list(),
+        (inbox, state), index = await asyncio.gather(_inbox_and_state(user_id), self.broadcasts.index())
+        direct, broadcasts = await asyncio.gather(
+            self.inbox_pages.oldest_after(user_id, inbox, after=after, limit=limit),
+            self.broadcasts.oldest_after(index, max(after, user_id), limit=limit),
         )
-        broadcasts = await self.broadcasts.oldest_after(index, max(after, user_id), limit=limit)
         found = list(heapq.merge(direct, broadcasts, key=_id_of))[:limit]
         return [n.public(state.is_read(n)) for n in found]
 
@@ -290,7 +299,7 @@ class NotificationService:
             raise NotFound("No such notification.")
         # One writer of a user's read state at a time, so each change is tallied once (FerretDB applies
         # updates as read-modify-write; on MongoDB the filtered update alone would do).
-        async with self.locks.hold(f"inbox:{user_id}"):
+        async with self.locks.hold(inbox_lock(user_id)):
             notification = await Notification.get(oid)
             if notification is None or not visible_to(notification, user_id):
                 raise NotFound("No such notification.")
@@ -310,7 +319,7 @@ class NotificationService:
                 await self.read_tallies.receipts({oid: 1})
 
     async def mark_all_read(self, user_id: PydanticObjectId) -> None:
-        async with self.locks.hold(f"inbox:{user_id}"):
+        async with self.locks.hold(inbox_lock(user_id)):
             await self._read_all_direct(user_id)
             await self._read_all_broadcasts(user_id)
 
@@ -348,7 +357,7 @@ class NotificationService:
         await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$lte": watermark}}).delete()
 
     async def forget_user(self, user_id: PydanticObjectId) -> None:
-        """Delete what is kept for one user: their notifications, broadcast receipts and inbox.
+        """Delete what is kept for one user: their notifications, broadcast receipts, inbox and its pages.
 
         In batches, since FerretDB on SQLite refuses to delete more than about 32,000 documents at once; each
         batch is "the owner's oldest N", an equality FerretDB pushes down.
@@ -361,6 +370,7 @@ class NotificationService:
                 .to_list()
             ):
                 await model.find({owner: user_id, "_id": {"$lte": batch[-1].id}}).delete()
+        await self.inbox_pages.forget(user_id)
         inbox = await Inbox.get(user_id)
         if inbox is not None:
             await inbox.delete()

@@ -17,7 +17,7 @@ from typing import Any
 
 from beanie import Document, PydanticObjectId, SortDirection
 
-from tidings.documents import BroadcastIndex, BroadcastReceipt, Dispatch, Notification, RetentionMark
+from tidings.documents import BroadcastIndex, BroadcastReceipt, Dispatch, InboxPage, Notification, RetentionMark
 from tidings.documents.clock import today_number
 from tidings.documents.notification import BROADCASTS_ID
 from tidings.documents.retention import RETENTION_ID
@@ -68,6 +68,10 @@ class Retention:
             deleted += await _delete(Notification, day, batch)
         for receipts in await _batches(BroadcastReceipt, day):
             deleted += await _delete(BroadcastReceipt, day, receipts)
+        # Inbox page markers go with the day their page started: a page keeps its notifications without one
+        # (services/inbox_pages.py), and one emptied and unmarked ends its inbox.
+        for markers in await _batches(InboxPage, day):
+            deleted += await _delete(InboxPage, day, markers)
         for dispatches in await _batches(Dispatch, day):
             await self.forget_dispatches([d.id for d in dispatches if d.id is not None])
             deleted += await _delete(Dispatch, day, dispatches)
