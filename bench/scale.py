@@ -98,6 +98,7 @@ from tidings.documents import (
     CoverageSummary,
     CoverageTally,
     Dispatch,
+    DispatchLogChunk,
     DispatchLogDirectory,
     Inbox,
     InboxPage,
@@ -107,7 +108,7 @@ from tidings.documents import (
     User,
 )
 from tidings.documents.clock import day_number, utcnow
-from tidings.documents.dispatch_log import LOG_PAGE_SIZE
+from tidings.documents.dispatch_log import LOG_PAGE_SIZE, chunk_of
 from tidings.documents.ids import new_id
 from tidings.documents.notification import BROADCAST_PAGE_SIZE, INBOX_PAGE_SIZE, inbox_page_key
 from tidings.documents.user import email_key, search_keys_for, username_key
@@ -395,9 +396,11 @@ class Seeder:
                 counter = await client.get(self.counter_key)
             finally:
                 await client.aclose()
-        directory = await self.db[DispatchLogDirectory.Settings.name].find_one({"_id": "dispatch_log"})
-        if directory is not None:
-            self.log_pages = list(zip(directory["pages"], directory["starts"], directory["opened"], strict=True))
+        chunks = await self.db[DispatchLogChunk.Settings.name].find({}).to_list()
+        if chunks:
+            self.log_pages = sorted(
+                mark for chunk in chunks for mark in zip(chunk["pages"], chunk["starts"], chunk["opened"], strict=True)
+            )
         if self.isolation.redis_url:
             # The server's sends numbered in inboxes too (any user's, the admin's included).
             everyone = [self.admin.id, *(user.id for user in self.users)]
@@ -437,10 +440,22 @@ class Seeder:
         await self.db[BroadcastIndex.Settings.name].replace_one(
             {"_id": "broadcasts"}, index.model_dump(by_alias=True), upsert=True
         )
+        by_chunk: dict[int, list[tuple[int, ObjectId, ObjectId]]] = {}
+        for mark in self.log_pages:
+            by_chunk.setdefault(chunk_of(mark[0]), []).append(mark)
+        for number, marks in by_chunk.items():
+            chunk = DispatchLogChunk(
+                id=number,
+                pages=[page for page, _, _ in marks],
+                starts=[start for _, start, _ in marks],
+                opened=[opened for _, _, opened in marks],
+            )
+            await self.db[DispatchLogChunk.Settings.name].replace_one(
+                {"_id": number}, chunk.model_dump(by_alias=True), upsert=True
+            )
         directory = DispatchLogDirectory(
-            pages=[page for page, _, _ in self.log_pages],
-            starts=[start for _, start, _ in self.log_pages],
-            opened=[opened for _, _, opened in self.log_pages],
+            chunks=sorted(by_chunk),
+            chunk_starts=[min(start for _, start, _ in by_chunk[number]) for number in sorted(by_chunk)],
             backfilled=True,
         )
         await self.db[DispatchLogDirectory.Settings.name].replace_one(

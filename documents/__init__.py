@@ -3,7 +3,7 @@
 from beanie import Document
 
 from tidings.documents.audit import AuditEntry
-from tidings.documents.dispatch_log import DispatchLogDirectory
+from tidings.documents.dispatch_log import DispatchLogChunk, DispatchLogDirectory
 from tidings.documents.notification import BroadcastIndex, BroadcastReceipt, Dispatch, Inbox, InboxPage, Notification
 from tidings.documents.read_count import (
     CoveragePage,
@@ -28,6 +28,7 @@ ALL_DOCUMENTS: list[type[Document]] = [
     Dispatch,
     AuditEntry,
     DispatchLogDirectory,
+    DispatchLogChunk,
     ReadTally,
     CoverageTally,
     ReadCounter,
@@ -46,6 +47,7 @@ __all__ = [
     "CoverageSummary",
     "CoverageTally",
     "Dispatch",
+    "DispatchLogChunk",
     "DispatchLogDirectory",
     "FoldState",
     "Inbox",

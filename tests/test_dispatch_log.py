@@ -18,8 +18,8 @@ from bson import ObjectId
 from tests.conftest import AppFactory
 from tests.realtime import API, send
 from tests.test_admin_panel import older_link, open_panel, row_with, rows_of
-from tidings.documents import Dispatch, DispatchLogDirectory
-from tidings.documents.dispatch_log import DISPATCH_LOG_ID, LOG_PAGE_SIZE
+from tidings.documents import Dispatch, DispatchLogChunk, DispatchLogDirectory
+from tidings.documents.dispatch_log import CHUNK_PAGES, DISPATCH_LOG_ID, LOG_PAGE_SIZE
 from tidings.documents.ids import new_id
 from tidings.server.adapters.errors import ValidationFailed
 from tidings.server.adapters.leases import Leases
@@ -93,7 +93,9 @@ async def test_the_log_runs_newest_first_across_pages_with_before(log: Log) -> N
     made = await make(log.log, 3 * LOG_PAGE_SIZE + 17)
     assert sorted({d.log_page or 0 for d in made}) == [0, 1, 2, 3]
     directory = await DispatchLogDirectory.get(DISPATCH_LOG_ID)
-    assert directory is not None and sorted(directory.pages) == [0, 1, 2, 3]
+    chunk = await DispatchLogChunk.get(0)
+    assert directory is not None and directory.chunks == [0] and chunk is not None
+    assert sorted(chunk.pages) == [0, 1, 2, 3] and directory.chunk_starts == [min(chunk.starts)]
     for limit in (1, 7, 20, 25, 50, 51, 500):
         assert await walk(log.log, limit) == newest_first(made), limit
     # A cursor anywhere, also an id that is no dispatch's.
@@ -215,6 +217,7 @@ async def older_database(count: int) -> list[PydanticObjectId]:
         [{"_id": oid, "title": "old", "body": "", "broadcast": False, "recipient_count": 1} for oid in ids]
     )
     await DispatchLogDirectory.get_pymongo_collection().delete_many({})
+    await DispatchLogChunk.get_pymongo_collection().delete_many({})
     return ids
 
 
@@ -305,3 +308,44 @@ async def test_the_panel_lists_sends_across_pages_with_read_counts(make_client: 
     assert [row.split()[3] for row in rows_of(second)] == ["n02", "n01", "n00"]
     assert row_with(second, "n00").endswith("2 user(s) 1 / 2")
     assert older_link(second) is None
+
+
+async def test_marks_kept_in_the_head_by_older_versions_move_into_chunks(log: Log) -> None:
+    made = await make(log.log, 2 * LOG_PAGE_SIZE + 5)
+    chunks = await DispatchLogChunk.find({}).to_list()
+    legacy = sorted(mark for chunk in chunks for mark in chunk.marks())
+    await DispatchLogChunk.get_pymongo_collection().delete_many({})
+    await DispatchLogDirectory.get_pymongo_collection().replace_one(
+        {"_id": DISPATCH_LOG_ID},
+        {
+            "_id": DISPATCH_LOG_ID,
+            "pages": [page for page, _, _ in legacy],
+            "starts": [start for _, start, _ in legacy],
+            "opened": [opened for _, _, opened in legacy],
+            "backfilled": True,
+        },
+    )
+    assert await log.log.backfill()
+    directory = await DispatchLogDirectory.get(DISPATCH_LOG_ID)
+    assert directory is not None and directory.pages == [] and directory.chunks == [0]
+    chunk = await DispatchLogChunk.get(0)
+    assert chunk is not None and chunk.marks() == legacy
+    assert await walk(log.log, 7) == newest_first(made)
+
+
+async def test_a_log_spanning_chunks_reads_across_them(log: Log) -> None:
+    made = await make(log.log, 3 * LOG_PAGE_SIZE, at_once=1)
+    # Move the three pages to the end of chunk 0 and the start of chunk 1, as a long log has them.
+    for page in (2, 1, 0):
+        await Dispatch.find({"log_page": page}).update({"$set": {"log_page": page + CHUNK_PAGES - 1}})
+    chunk = await DispatchLogChunk.get(0)
+    assert chunk is not None
+    await DispatchLogChunk.get_pymongo_collection().delete_many({})
+    await DispatchLogDirectory.get_pymongo_collection().delete_many({})
+    await log.log._record_held(  # noqa: SLF001: the directory a long log would have
+        [(page + CHUNK_PAGES - 1, start, opened) for page, start, opened in chunk.marks()]
+    )
+    directory = await DispatchLogDirectory.get(DISPATCH_LOG_ID)
+    assert directory is not None and directory.chunks == [0, 1]
+    for limit in (1, 20, 49, 50, 51, 500):
+        assert await walk(log.log, limit) == newest_first(made), limit

@@ -15,12 +15,14 @@ taken (both in the directory). Sends far apart (the usual case) then read one or
 page either side as well. The order is right as long as both hold: a race moves a dispatch at most one page, and
 its id is made at most RACE_SECONDS before its number (NotificationService.send calls assign right after).
 
-The directory document (DispatchLogDirectory) records those two ids of every page: a `before` cursor finds its
-pages there, and a counter whose Redis key was lost (Redis restarted, a new deployment) starts again on a fresh
-page after the last one recorded, without a scan. Numbers skipped that way are harmless.
+The directory records those two ids of every page, in chunks of CHUNK_PAGES pages (DispatchLogChunk), with a
+head (DispatchLogDirectory) that lists the chunks and where each starts: a read of the log loads the chunk or two
+it needs, a `before` cursor finds its chunk in the head, and a counter whose Redis key was lost (Redis restarted,
+a new deployment) starts again on a fresh page after the last one recorded, without a scan. Numbers skipped that
+way are harmless.
 
-Queries: Dispatch {log_page: p} [index log_page, _id]; DispatchLogDirectory by _id. The start-up backfill alone
-reads {log_page: None} (a scan on FerretDB, once per database).
+Queries: Dispatch {log_page: p} [index log_page, _id]; DispatchLogDirectory and DispatchLogChunk by _id. The
+start-up backfill alone reads {log_page: None} (a scan on FerretDB, once per database).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -36,9 +38,10 @@ import pymongo
 from beanie import PydanticObjectId
 from bson import ObjectId
 
-from tidings.documents import Dispatch, DispatchLogDirectory
-from tidings.documents.dispatch_log import DISPATCH_LOG_ID, LOG_PAGE_SIZE
+from tidings.documents import Dispatch, DispatchLogChunk, DispatchLogDirectory
+from tidings.documents.dispatch_log import DISPATCH_LOG_ID, LOG_PAGE_SIZE, chunk_of
 from tidings.documents.ids import new_id
+from tidings.server.adapters.db import upsert
 from tidings.server.adapters.leases import Leases
 from tidings.server.adapters.locks import Locks
 from tidings.server.adapters.numbering import Numbering, NumberingUnavailable
@@ -85,10 +88,13 @@ class PageMark:
     opened: PydanticObjectId
 
 
-def page_marks(directory: DispatchLogDirectory | None) -> dict[int, PageMark]:
-    """Each recorded page's marks (a page recorded twice: its oldest start and newest bound)."""
-    marks: dict[int, PageMark] = {}
-    for page, start, opened in directory.marks() if directory else ():
+def page_marks(
+    records: Iterable[tuple[int, PydanticObjectId, PydanticObjectId]], marks: dict[int, PageMark] | None = None
+) -> dict[int, PageMark]:
+    """Each recorded (page, start, opened)'s marks, added to `marks` (a page recorded twice: its oldest start and
+    newest bound)."""
+    marks = {} if marks is None else marks
+    for page, start, opened in records:
         known = marks.get(page)
         marks[page] = PageMark(min(start, known.start), max(opened, known.opened)) if known else PageMark(start, opened)
     return marks
@@ -119,9 +125,10 @@ def first_page(marks: Mapping[int, PageMark], before: PydanticObjectId | None) -
     return min(min(later, default=top), min(newer, default=top + 1) - 1)
 
 
-def lowest_page(marks: Mapping[int, object], kept_from: int | None = None) -> int:
-    """The lowest page that can hold a dispatch: backfilled pages are negative, live ones start at 0."""
-    low = min(0, min(marks, default=0))
+def lowest_page(low_page: int, kept_from: int | None = None) -> int:
+    """The lowest page that can hold a dispatch: backfilled pages are negative (down to `low_page`), live ones start
+    at 0."""
+    low = min(0, low_page)
     return low if kept_from is None else max(low, kept_from)
 
 
@@ -172,15 +179,53 @@ async def _bounded(awaitables: Iterable[Awaitable[T]], limit: int = CONCURRENCY)
     return list(await asyncio.gather(*(one(awaitable) for awaitable in awaitables)))
 
 
+@dataclass
+class Directory:
+    """The directory's head, and the marks of the chunks loaded so far: a read loads the chunks it needs."""
+
+    head: DispatchLogDirectory | None
+    marks: dict[int, PageMark] = field(default_factory=dict)
+    loaded: set[int] = field(default_factory=set)
+
+    @property
+    def low(self) -> int:
+        return lowest_page(self.head.low_page, self.head.kept_from) if self.head else 0
+
+    def chunks(self) -> list[int]:
+        return sorted(self.head.chunks) if self.head else []
+
+    async def load(self, chunks: Iterable[int]) -> None:
+        existing = set(self.chunks())
+        wanted = [chunk for chunk in dict.fromkeys(chunks) if chunk in existing and chunk not in self.loaded]
+        for chunk, found in zip(wanted, await asyncio.gather(*map(DispatchLogChunk.get, wanted)), strict=True):
+            self.loaded.add(chunk)
+            if found is not None:
+                page_marks(found.marks(), self.marks)
+
+    async def load_top(self) -> None:
+        """The newest chunk, and the one below it (the newest page may have raced into it)."""
+        await self.load(self.chunks()[-2:])
+
+    async def load_around(self, oid: PydanticObjectId) -> None:
+        """The chunk that holds `oid`'s place, and the next one up (its first pages may hold a dispatch that
+        raced)."""
+        chunks = self.chunks()
+        if self.head is None or not chunks:
+            return
+        holding = self.head.chunk_holding(oid)
+        position = chunks.index(holding) if holding in chunks else 0
+        await self.load(chunks[position : position + 2])
+
+
+async def _directory() -> Directory:
+    return Directory(await DispatchLogDirectory.get(DISPATCH_LOG_ID))
+
+
 class DispatchLog:
     def __init__(self, numbering: Numbering, locks: Locks, leases: Leases) -> None:
         self._numbering = numbering
         self._locks = locks
         self._leases = leases
-
-    @staticmethod
-    async def _directory() -> DispatchLogDirectory | None:
-        return await DispatchLogDirectory.get(DISPATCH_LOG_ID)
 
     async def assign(self, dispatch: Dispatch) -> None:
         """Give a new dispatch its log page; call it right after its id is made, before it is stored."""
@@ -189,8 +234,9 @@ class DispatchLog:
         except NumberingUnavailable as exc:
             # Redis down: the newest recorded page, which only makes that page longer; order is kept.
             log.warning("dispatch counter unavailable, using the newest log page: %s", exc)
-            marks = page_marks(await self._directory())
-            dispatch.log_page = max(0, max(marks, default=0))
+            directory = await _directory()
+            await directory.load_top()
+            dispatch.log_page = max(0, max(directory.marks, default=0))
             return
         dispatch.log_page = page_of(number)
         if number % LOG_PAGE_SIZE == 0:
@@ -203,24 +249,46 @@ class DispatchLog:
             if number is not None:
                 return number
             # The counter is gone (or never was): restart it on a fresh page after the last one recorded.
-            await self._numbering.start_after(restart_after(page_marks(await self._directory())))
+            directory = await _directory()
+            await directory.load_top()
+            await self._numbering.start_after(restart_after(directory.marks))
         raise NumberingUnavailable("the dispatch counter keeps disappearing")
 
     async def _record_page(self, page: int, start: PydanticObjectId, opened: PydanticObjectId) -> None:
         # Under a lock: FerretDB applies $push as read-modify-write, so two at once could lose one.
         async with self._locks.hold(DIRECTORY_LOCK):
-            await DispatchLogDirectory.get_pymongo_collection().update_one(
-                {"_id": DISPATCH_LOG_ID},
-                {"$push": {"pages": page, "starts": start, "opened": opened}},
-                upsert=True,
-            )
+            await self._record_held([(page, start, opened)])
+
+    @staticmethod
+    async def _record_held(records: Sequence[tuple[int, PydanticObjectId, PydanticObjectId]]) -> None:
+        """Add marks to their chunks, then list the chunks in the head with their lowest start (hold the lock)."""
+        by_chunk: dict[int, list[tuple[int, PydanticObjectId, PydanticObjectId]]] = {}
+        for record in records:
+            by_chunk.setdefault(chunk_of(record[0]), []).append(record)
+        for chunk, marks in by_chunk.items():
+            pushed = {
+                name: {"$each": [mark[i] for mark in marks]} for i, name in enumerate(("pages", "starts", "opened"))
+            }
+            await upsert(DispatchLogChunk.get_pymongo_collection(), chunk, {"$push": pushed})
+        head = await DispatchLogDirectory.get(DISPATCH_LOG_ID)
+        starts = dict(zip(head.chunks, head.chunk_starts, strict=False)) if head else {}
+        changed = dict(starts)
+        for chunk, marks in by_chunk.items():
+            lowest = min(mark[1] for mark in marks)
+            changed[chunk] = min(changed.get(chunk, lowest), lowest)
+        low_page = min((record[0] for record in records), default=0)
+        update: dict[str, Any] = {"$min": {"low_page": min(0, low_page)}}
+        if changed != starts:
+            chunks = sorted(changed)
+            update["$set"] = {"chunks": chunks, "chunk_starts": [changed[chunk] for chunk in chunks]}
+        await upsert(DispatchLogDirectory.get_pymongo_collection(), DISPATCH_LOG_ID, update)
 
     async def newest(self, *, before: PydanticObjectId | None, limit: int) -> tuple[list[Dispatch], str | None]:
         """Up to `limit` dispatches with an id below `before` (all when None), newest first, and the `before` of
         the next page (None on the last)."""
-        directory = await self._directory()
-        marks = page_marks(directory)
-        low = lowest_page(marks, directory.kept_from if directory else None)
+        directory = await _directory()
+        await (directory.load_top() if before is None else directory.load_around(before))
+        marks, low = directory.marks, directory.low
         need = limit + 1
         page = first_page(marks, before)
         found: list[Dispatch] = []
@@ -236,6 +304,7 @@ class DispatchLog:
                 counts.append(len(wanted))
             found.sort(key=_id_of, reverse=True)
             page, width = numbers[-1] - 1, 1
+            await directory.load([chunk_of(numbers[-1])])
             if finished(marks, numbers[-1], low, counts, [_id_of(d) for d in found[:need]], need):
                 break
         return newest_of(found, limit)
@@ -243,18 +312,21 @@ class DispatchLog:
     async def backfill(self) -> bool:
         """Give pages to dispatches stored before the log existed: -1, -2, ... newest first, 50 to a page, by one
         process at a time. Idempotent; a crash only leaves a page part filled. True once done (now or before)."""
-        directory = await self._directory()
-        if directory is not None and directory.backfilled:
+        head = await DispatchLogDirectory.get(DISPATCH_LOG_ID)
+        if head is not None and head.backfilled and not head.pages:
             return True
         async with self._leases.try_hold(BACKFILL_LEASE, 2 * BACKFILL_READ_TIMEOUT) as lease:
             if lease is None:
                 return False
+            await self._chunk_legacy_marks()
+            if head is not None and head.backfilled:
+                return True
             collection = Dispatch.get_pymongo_collection()
             with pymongo.timeout(BACKFILL_READ_TIMEOUT):
                 # Without a page: a scan on FerretDB (null is never pushed down), once per database.
                 rows: list[dict[str, Any]] = await collection.find({"log_page": None}, {"_id": 1}).to_list()
             ids = sorted((PydanticObjectId(row["_id"]) for row in rows), reverse=True)
-            page = lowest_page(page_marks(await self._directory())) - 1
+            page = (await _directory()).low - 1
             for start in range(0, len(ids), LOG_PAGE_SIZE):
                 chunk = ids[start : start + LOG_PAGE_SIZE]
                 await lease.renew()
@@ -271,15 +343,29 @@ class DispatchLog:
                 log.info("gave log pages to %d dispatches stored before the log", len(ids))
             return True
 
+    async def _chunk_legacy_marks(self) -> None:
+        """Move the marks that older versions kept in the head into chunks (idempotent: a mark recorded twice is
+        merged when read)."""
+        async with self._locks.hold(DIRECTORY_LOCK):
+            head = await DispatchLogDirectory.get(DISPATCH_LOG_ID)
+            if head is None or not head.pages:
+                return
+            legacy = list(zip(head.pages, head.starts, head.opened, strict=False))
+            await self._record_held(legacy)
+            await DispatchLogDirectory.get_pymongo_collection().update_one(
+                {"_id": DISPATCH_LOG_ID}, {"$set": {"pages": [], "starts": [], "opened": []}}
+            )
+            log.info("moved %d page marks of the log of sends into chunks", len(legacy))
+
     async def trim(self) -> None:
         """Skip the emptied pages at the bottom of the log (retention deletes the oldest dispatches): the oldest
         page of the log then reads no empty pages below it. Pages below the newest two never get new dispatches."""
-        directory = await self._directory()
-        if directory is None or not directory.backfilled:
+        directory = await _directory()
+        if directory.head is None or not directory.head.backfilled:
             return
-        marks = page_marks(directory)
-        low = lowest_page(marks, directory.kept_from)
-        top = max(0, max(marks, default=0))
+        await directory.load_top()
+        low = directory.low
+        top = max(0, max(directory.marks, default=0))
         page = low
         while page < top - 1 and not await Dispatch.find({"log_page": page}).to_list():
             page += 1

@@ -8,8 +8,8 @@ import pytest
 from beanie import PydanticObjectId
 from bson import ObjectId
 
-from tidings.documents import Dispatch, DispatchLogDirectory
-from tidings.documents.dispatch_log import LOG_PAGE_SIZE
+from tidings.documents import Dispatch, DispatchLogChunk, DispatchLogDirectory
+from tidings.documents.dispatch_log import CHUNK_PAGES, LOG_PAGE_SIZE, chunk_of
 from tidings.documents.ids import new_id
 from tidings.server.services.dispatch_log import (
     RACE_SECONDS,
@@ -45,11 +45,34 @@ def test_numbers_fill_pages_of_fifty() -> None:
 
 def test_a_page_recorded_twice_keeps_its_widest_marks() -> None:
     # model_construct: a Beanie document without a database.
-    directory = DispatchLogDirectory.model_construct(
-        pages=[0, 1, 1], starts=[at(0), at(20), at(10)], opened=[at(1), at(21), at(30)]
+    chunk = DispatchLogChunk.model_construct(
+        id=0, pages=[0, 1, 1], starts=[at(0), at(20), at(10)], opened=[at(1), at(21), at(30)]
     )
-    assert page_marks(directory) == {0: mark(0, 1), 1: mark(10, 30)}
-    assert page_marks(None) == {}
+    assert page_marks(chunk.marks()) == {0: mark(0, 1), 1: mark(10, 30)}
+    assert page_marks([]) == {}
+    # Marks read from another chunk are added to those already read.
+    assert page_marks([(2, at(40), at(41))], page_marks(chunk.marks())) == {
+        0: mark(0, 1),
+        1: mark(10, 30),
+        2: mark(40, 41),
+    }
+
+
+def test_the_head_finds_the_chunk_that_holds_an_id() -> None:
+    head = DispatchLogDirectory.model_construct(chunks=[-1, 0, 1], chunk_starts=[at(0), at(100), at(200)])
+    assert head.chunk_holding(at(150)) == 0
+    assert head.chunk_holding(at(100)) == 0
+    assert head.chunk_holding(at(500)) == 1
+    assert head.chunk_holding(at(-5)) == -1  # older than everything: the lowest chunk
+    assert DispatchLogDirectory.model_construct(chunks=[], chunk_starts=[]).chunk_holding(at(1)) is None
+    assert [chunk_of(page) for page in (-1, -CHUNK_PAGES, -CHUNK_PAGES - 1, 0, CHUNK_PAGES - 1, CHUNK_PAGES)] == [
+        -1,
+        -1,
+        -2,
+        0,
+        0,
+        1,
+    ]
 
 
 def test_ids_shift_by_seconds() -> None:
@@ -84,10 +107,10 @@ def test_the_first_page_read_is_the_highest_that_can_hold_an_older_id() -> None:
 
 
 def test_the_lowest_page_is_the_lowest_backfilled_one_or_where_retention_stopped() -> None:
-    assert lowest_page({}) == 0
-    assert lowest_page({-4: None, 0: None}) == -4
-    assert lowest_page({-4: None, 0: None}, kept_from=-2) == -2
-    assert lowest_page({3: None}) == 0
+    assert lowest_page(0) == 0
+    assert lowest_page(-4) == -4
+    assert lowest_page(-4, kept_from=-2) == -2
+    assert lowest_page(3) == 0
 
 
 def test_reading_stops_once_the_pages_below_hold_nothing_newer() -> None:
