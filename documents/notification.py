@@ -94,12 +94,15 @@ class BroadcastReceipt(Document):
 
 
 class Inbox(Document):
-    """Per user (its id is the user's id): the read watermark for broadcasts, and the pages of direct notifications.
+    """Per user (its id is the user's id): the read watermarks, and the pages of direct notifications.
 
     Written under the lock "inbox:<user id>" (FerretDB applies updates as read-modify-write).
     """
 
     broadcasts_read_through: PydanticObjectId | None = Field(default=None)
+    # Direct notifications with an id up to this one are read (read-all); each is also marked read by itself soon
+    # after (NotificationService.clear_read), which is what unread queries select by.
+    direct_read_through: PydanticObjectId | None = None
     # The newest page opened (its marker is stored first), and the lowest page there can be: pages the start-up
     # backfill gave to notifications stored before inbox pages existed are -1, -2, ...
     top_page: int | None = None

@@ -228,6 +228,7 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(apply_retention(), name="retention"),
         asyncio.create_task(fold_read_counts(), name="read-count-fold"),
         asyncio.create_task(keep_dispatch_log(), name="dispatch-log-upkeep"),
+        asyncio.create_task(app[notifications_key].read_cleanup.run(), name="read-all-clean-up"),
         asyncio.create_task(app[hub_key].expire_tokens(), name="ws-token-expiry"),
         asyncio.create_task(app[gauge_key].report_forever(), name="ws-connection-gauge"),
     ]

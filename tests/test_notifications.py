@@ -508,3 +508,38 @@ async def test_account_notices_come_from_the_admin_and_broadcasts_are_audited_as
     [sent] = [entry for entry in entries if entry.action == "notification.sent"]
     assert sent.details == {"audience": "everyone"}
     assert not [entry for entry in entries if entry.action == "notification.sent" and entry.target_label != "To all"]
+
+
+async def test_read_all_is_one_write_and_its_clean_up_marks_each_once(
+    client: TestClient[Any, Any], accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-all sets a watermark; the notifications it covers are read at once for every read, and are marked
+    one by one in the background. A clean-up that never ran (a crash, a full queue) is asked again by the next
+    read that meets one, and each is marked, and tallied, once."""
+    admin, user = await accounts.user(admin=True), await accounts.user()
+    service = client.app[notifications_key]
+    sent = [await send_one(client, admin, user, title=f"n{i}") for i in range(4)]
+    requested: list[PydanticObjectId] = []
+    monkeypatch.setattr(service.read_cleanup, "request", requested.append)  # as if the process stopped
+    assert (await client.post(f"{API}/notifications/read-all", headers=user.headers)).status == 204
+    assert requested == [PydanticObjectId(user.id)]
+    stored = await Notification.find({"recipient_id": PydanticObjectId(user.id)}).to_list()
+    assert all(n.unread_by is not None for n in stored)  # not yet marked one by one
+    assert await unread(client, user) == 0
+    assert all(read_flags(await inbox(client, user)).values())
+    assert (await inbox(client, user, "?unread=true"))["items"] == []
+    assert (await mark_read(client, user, sent[0])).status == 204  # already read: nothing changes
+    monkeypatch.undo()
+    # A read that meets a covered notification asks for the clean-up again.
+    assert await unread(client, user) == 0
+    await service.read_cleanup.join()
+    stored = await Notification.find({"recipient_id": PydanticObjectId(user.id)}).to_list()
+    assert all(n.unread_by is None and n.read_at is not None for n in stored)
+    # Sent after the read-all: unread, and a second read-all covers it.
+    late = await send_one(client, admin, user, title="late")
+    assert await unread(client, user) == 1
+    assert not read_flags(await inbox(client, user))[late]
+    assert (await client.post(f"{API}/notifications/read-all", headers=user.headers)).status == 204
+    await service.read_cleanup.join()
+    assert await unread(client, user) == 0
+    assert (await Notification.get(PydanticObjectId(late))).unread_by is None  # type: ignore[union-attr]

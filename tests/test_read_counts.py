@@ -27,7 +27,7 @@ from tidings.documents.ids import new_id, parse_object_id
 from tidings.documents.notification import BROADCAST_PAGE_SIZE
 from tidings.documents.read_count import FOLD_STATE_ID
 from tidings.server.adapters.leases import Leases
-from tidings.server.keys import dispatch_log_key, read_counts_key
+from tidings.server.keys import dispatch_log_key, notifications_key, read_counts_key
 from tidings.server.services.read_counts import SLOT_CACHE_SECONDS, ReadCounts
 
 Client = TestClient[Any, Any]
@@ -61,8 +61,10 @@ class World:
         assert response.status == 204, await response.text()
 
     async def read_all(self, user: Account) -> None:
+        """A read-all, and its clean-up in the background, which tallies the direct notifications it marks."""
         response = await self.client.post(f"{API}/notifications/read-all", headers=user.headers)
         assert response.status == 204, await response.text()
+        await self.client.app[notifications_key].read_cleanup.join()
 
     async def direct(self, recipients: int = 10) -> Dispatch:
         """A direct send's dispatch, stored with its log page as a send stores it."""

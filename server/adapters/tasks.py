@@ -1,9 +1,13 @@
-"""Ending the app's own background tasks reliably."""
+"""The app's own background tasks: ending them reliably, and work queued for one."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
@@ -19,3 +23,45 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=1.0)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class KeyedWork(Generic[K]):
+    """Keys waiting for a piece of background work, each at most once, at most `capacity` of them.
+
+    `request` never blocks: past the capacity a key is left out, for work that is asked again whenever it is seen
+    to be needed. `run` is the worker loop (owned by the app, cancelled on cleanup); `join` waits until everything
+    requested so far is done.
+    """
+
+    def __init__(self, work: Callable[[K], Awaitable[object]], capacity: int, name: str) -> None:
+        self._work = work
+        self._queue: asyncio.Queue[K] = asyncio.Queue(capacity)
+        self._waiting: set[K] = set()
+        self._name = name
+
+    def request(self, key: K) -> None:
+        if key in self._waiting:
+            return
+        try:
+            self._queue.put_nowait(key)
+        except asyncio.QueueFull:
+            log.warning("%s: %d keys waiting already; %s is left for later", self._name, self._queue.qsize(), key)
+            return
+        self._waiting.add(key)
+
+    async def run(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._waiting.discard(key)
+            try:
+                await self._work(key)
+            except Exception:
+                log.exception("%s failed for %s", self._name, key)
+            finally:
+                self._queue.task_done()
+
+    async def join(self) -> None:
+        await self._queue.join()

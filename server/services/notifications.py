@@ -9,7 +9,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -21,9 +21,11 @@ from tidings.documents.clock import day_number, utcnow
 from tidings.documents.ids import new_id, parse_object_id
 from tidings.server.adapters.broker import Broker
 from tidings.server.adapters.codecs import NOTIFY_TOPIC, encode_notifications
+from tidings.server.adapters.db import upsert
 from tidings.server.adapters.errors import NotFound, ValidationFailed
 from tidings.server.adapters.locks import Locks
 from tidings.server.adapters.pagination import parse_cursor
+from tidings.server.adapters.tasks import KeyedWork
 from tidings.server.services.audit import Actor, AuditLog
 from tidings.server.services.broadcasts import Broadcasts
 from tidings.server.services.dispatch_log import DispatchLog, DispatchStats, dispatch_page
@@ -36,6 +38,9 @@ MAX_DATA_BYTES = 4096
 # BSON documents nest at most 100 levels, and deep JSON exhausts Python's recursion limit: keep `data` shallow.
 MAX_DATA_DEPTH = 32
 FORGET_BATCH = 5000
+# Users whose read-all still has notifications to mark one by one (clear_read), waiting at once in one process.
+READ_CLEANUP_CAPACITY = 10_000
+CLEAR_CONCURRENCY = 4
 BSON_INT_RANGE = range(-(2**63), 2**63)
 
 
@@ -47,15 +52,19 @@ class Page:
 
 @dataclass(frozen=True)
 class BroadcastState:
-    """Broadcasts with id <= floor are read (or predate the user); above it, those in read_ids are."""
+    """Broadcasts with id <= floor are read (or predate the user); above it, those in read_ids are. Direct
+    notifications are read once marked, or when their id is at most `direct_through` (a read-all)."""
 
     floor: PydanticObjectId
     read_ids: frozenset[PydanticObjectId]
+    direct_through: PydanticObjectId | None = None
 
     def is_read(self, notification: Notification) -> bool:
-        if not notification.is_broadcast:
-            return notification.read_at is not None
         assert notification.id is not None
+        if not notification.is_broadcast:
+            return notification.read_at is not None or (
+                self.direct_through is not None and notification.id <= self.direct_through
+            )
         return notification.id <= self.floor or notification.id in self.read_ids
 
 
@@ -104,7 +113,7 @@ async def _inbox_and_state(user_id: PydanticObjectId) -> tuple[Inbox | None, Bro
     watermark = inbox.broadcasts_read_through if inbox else None
     floor = max(user_id, watermark) if watermark is not None else user_id
     read_ids = frozenset(receipt.notification_id for receipt in receipts if receipt.notification_id > floor)
-    return inbox, BroadcastState(floor, read_ids)
+    return inbox, BroadcastState(floor, read_ids, inbox.direct_read_through if inbox else None)
 
 
 def _id_of(notification: Notification) -> PydanticObjectId:
@@ -121,6 +130,11 @@ class NotificationService:
     read_tallies: ReadTallies
     dispatch_log: DispatchLog
     inbox_pages: InboxPages
+    # Read-alls set a watermark and leave the notifications to mark one by one here (the app runs it).
+    read_cleanup: KeyedWork[PydanticObjectId] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "read_cleanup", KeyedWork(self.clear_read, READ_CLEANUP_CAPACITY, "read-all clean-up"))
 
     async def send(
         self,
@@ -252,7 +266,7 @@ class NotificationService:
         before_oid = parse_cursor(before)
         (inbox, state), index = await asyncio.gather(_inbox_and_state(user_id), self.broadcasts.index())
         direct, broadcasts = await asyncio.gather(
-            self._unread_direct(user_id, before_oid, limit + 1)
+            self._unread_direct(user_id, state, before_oid, limit + 1)
             if unread
             else self.inbox_pages.newest(user_id, inbox, before=before_oid, limit=limit + 1),
             self.broadcasts.newest(
@@ -267,14 +281,24 @@ class NotificationService:
         next_before = str(_id_of(found[limit - 1])) if len(found) > limit else None
         return Page([n.public(state.is_read(n)) for n in found[:limit]], next_before)
 
-    @staticmethod
     async def _unread_direct(
-        user_id: PydanticObjectId, before: PydanticObjectId | None, limit: int
+        self, user_id: PydanticObjectId, state: BroadcastState, before: PydanticObjectId | None, limit: int
     ) -> list[Notification]:
+        """Newest first; those a read-all covered are left out (they sort last: older than what is still unread)."""
         query: dict[str, Any] = {"unread_by": user_id}
         if before is not None:
             query["_id"] = {"$lt": before}
-        return await Notification.find(query).sort([("_id", SortDirection.DESCENDING)]).limit(limit).to_list()
+        found = await Notification.find(query).sort([("_id", SortDirection.DESCENDING)]).limit(limit).to_list()
+        return self._still_unread(user_id, state, found)
+
+    def _still_unread(
+        self, user_id: PydanticObjectId, state: BroadcastState, found: list[Notification]
+    ) -> list[Notification]:
+        """The direct notifications of `found` still unread; any that a read-all covered are marked soon."""
+        unread = [n for n in found if not state.is_read(n)]
+        if len(unread) < len(found):
+            self.read_cleanup.request(user_id)
+        return unread
 
     async def after(self, user_id: PydanticObjectId, after: PydanticObjectId, limit: int) -> list[dict[str, Any]]:
         """Notifications newer than `after`, oldest first: what a reconnecting socket missed."""
@@ -287,11 +311,14 @@ class NotificationService:
         return [n.public(state.is_read(n)) for n in found]
 
     async def unread_count(self, user_id: PydanticObjectId) -> int:
-        direct, state, index = await asyncio.gather(
-            Notification.find({"unread_by": user_id}).count(), self.broadcast_state(user_id), self.broadcasts.index()
+        # The unread documents themselves (a count decodes them too on FerretDB): a read-all covers some for a
+        # moment, until clear_read marks them.
+        found, state, index = await asyncio.gather(
+            Notification.find({"unread_by": user_id}).to_list(), self.broadcast_state(user_id), self.broadcasts.index()
         )
+        direct = self._still_unread(user_id, state, found)
         read_broadcasts = await self.broadcasts.count_through(index, state.floor) + len(state.read_ids)
-        return int(direct) + max(index.made - read_broadcasts, 0)
+        return len(direct) + max(index.made - read_broadcasts, 0)
 
     async def mark_read(self, user_id: PydanticObjectId, notification_id: str) -> None:
         oid = parse_object_id(notification_id)
@@ -304,7 +331,9 @@ class NotificationService:
             if notification is None or not visible_to(notification, user_id):
                 raise NotFound("No such notification.")
             if not notification.is_broadcast:
-                if notification.read_at is None:
+                inbox = await Inbox.get(user_id) if notification.read_at is None else None
+                through = inbox.direct_read_through if inbox else None
+                if notification.read_at is None and (through is None or oid > through):
                     await notification.set({Notification.read_at: datetime.now(UTC), Notification.unread_by: None})
                     if notification.dispatch_id is not None:
                         await self.read_tallies.direct_read({notification.dispatch_id: 1})
@@ -319,42 +348,66 @@ class NotificationService:
                 await self.read_tallies.receipts({oid: 1})
 
     async def mark_all_read(self, user_id: PydanticObjectId) -> None:
+        """Everything the user has now is read: two watermarks in the Inbox (one write), whatever the number of
+        notifications; the direct ones are then marked one by one in the background (clear_read), which tallies
+        them for the senders' read counts."""
         async with self.locks.hold(inbox_lock(user_id)):
-            await self._read_all_direct(user_id)
-            await self._read_all_broadcasts(user_id)
+            state, index, unread = await asyncio.gather(
+                self.broadcast_state(user_id),
+                self.broadcasts.index(),
+                Notification.find({"unread_by": user_id}).to_list(),
+            )
+            changes: dict[str, Any] = {}
+            newest_direct = max((_id_of(n) for n in unread if not state.is_read(n)), default=None)
+            if newest_direct is not None:
+                changes["direct_read_through"] = newest_direct
+            watermark = index.newest_id
+            broadcasts_read = watermark is not None and watermark > state.floor
+            if broadcasts_read:
+                changes["broadcasts_read_through"] = watermark
+                read_before = await self.broadcasts.count_through(index, state.floor)
+            if changes:
+                await upsert(Inbox.get_pymongo_collection(), user_id, {"$set": changes})
+            if broadcasts_read:
+                await self.read_tallies.coverage(read_before, index.made)
+                # The watermark now counts the broadcasts read one by one above the old floor.
+                if state.read_ids:
+                    await self.read_tallies.receipts(dict.fromkeys(state.read_ids, -1))
+                await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$lte": watermark}}).delete()
+        if unread:
+            self.read_cleanup.request(user_id)
 
-    async def _read_all_direct(self, user_id: PydanticObjectId) -> None:
-        unread = await Notification.find({"unread_by": user_id}).to_list()
-        if not unread:
-            return
-        now = datetime.now(UTC)
-        stamp = now.replace(microsecond=now.microsecond // 1000 * 1000)  # what MongoDB keeps, to find it again
-        newest = max(_id_of(n) for n in unread)
-        result = await Notification.find({"unread_by": user_id, "_id": {"$lte": newest}}).update(
-            {"$set": {"read_at": stamp, "unread_by": None}}
-        )
-        if result is not None and result.modified_count != len(unread):
-            # A notification stored meanwhile with an older id was read too: tally what was really changed.
-            unread = await Notification.find({"recipient_id": user_id, "read_at": stamp}).to_list()
-        by_dispatch = Counter(n.dispatch_id for n in unread if n.dispatch_id is not None)
-        if by_dispatch:
-            await self.read_tallies.direct_read(by_dispatch)
+    async def clear_read(self, user_id: PydanticObjectId) -> None:
+        """Mark read, one by one, the direct notifications a read-all covered, and tally each one marked; run in
+        the background (read_cleanup), and again whenever a read finds one left (a crash, a full queue).
 
-    async def _read_all_broadcasts(self, user_id: PydanticObjectId) -> None:
-        (inbox, state), index = await asyncio.gather(_inbox_and_state(user_id), self.broadcasts.index())
-        watermark = index.newest_id
-        if watermark is None or watermark <= state.floor:
-            return
-        read_before = await self.broadcasts.count_through(index, state.floor)
-        if inbox is None:
-            await Inbox(id=user_id, broadcasts_read_through=watermark).insert()
-        else:
-            await inbox.set({Inbox.broadcasts_read_through: watermark})
-        await self.read_tallies.coverage(read_before, index.made)
-        # The watermark now counts the broadcasts read one by one above the old floor.
-        if state.read_ids:
-            await self.read_tallies.receipts(dict.fromkeys(state.read_ids, -1))
-        await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$lte": watermark}}).delete()
+        Each update is conditional on the notification being unread, under the user's lock, so each is tallied
+        once; a notification stored after the read-all with an older id (sent just before it) is read too, as the
+        watermark says."""
+        async with self.locks.hold(inbox_lock(user_id)):
+            inbox, found = await asyncio.gather(Inbox.get(user_id), Notification.find({"unread_by": user_id}).to_list())
+            through = inbox.direct_read_through if inbox else None
+            covered = [n for n in found if through is not None and _id_of(n) <= through]
+            if not covered:
+                return
+            now = datetime.now(UTC)
+            collection = Notification.get_pymongo_collection()
+            semaphore = asyncio.Semaphore(CLEAR_CONCURRENCY)
+
+            async def clear(notification: Notification) -> bool:
+                async with semaphore:
+                    result = await collection.update_one(
+                        {"_id": notification.id, "unread_by": user_id},
+                        {"$set": {"read_at": now, "unread_by": None}},
+                    )
+                return bool(result.modified_count)
+
+            cleared = await asyncio.gather(*map(clear, covered))
+            by_dispatch = Counter(
+                n.dispatch_id for n, done in zip(covered, cleared, strict=True) if done and n.dispatch_id is not None
+            )
+            if by_dispatch:
+                await self.read_tallies.direct_read(by_dispatch)
 
     async def forget_user(self, user_id: PydanticObjectId) -> None:
         """Delete what is kept for one user: their notifications, broadcast receipts, inbox and its pages.
