@@ -65,6 +65,8 @@ from tidings.server.services.sessions import SessionService
 from tidings.server.settings import Settings
 
 log = logging.getLogger(__name__)
+# Creating the indexes of a fresh database takes a few seconds on FerretDB; on a big MongoDB collection, minutes.
+INDEXES_TIMEOUT = 300.0
 
 
 async def _retry_until_ready(what: str, probe: Callable[[], Awaitable[object]], limit: float) -> None:
@@ -96,7 +98,8 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         await _retry_until_ready("MongoDB", lambda: client.admin.command("ping"), settings.startup_timeout)
-        with pymongo.timeout(settings.startup_timeout):  # creating indexes may take longer than a request
+        # Creating indexes may take longer than a request, and longer than waiting for MongoDB to answer.
+        with pymongo.timeout(max(settings.startup_timeout, INDEXES_TIMEOUT)):
             await init_database(client[settings.mongodb_db])
         with pymongo.timeout(MIGRATIONS_TIMEOUT):  # once per migration, over a whole collection
             await run_migrations(client[settings.mongodb_db])
