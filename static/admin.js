@@ -10,10 +10,16 @@ document.addEventListener("submit", (event) => {
 const dashboard = document.getElementById("dashboard");
 if (dashboard) {
   const events = document.getElementById("events");
+  const stat = (name, stats) => name.split(".").reduce((obj, key) => obj && obj[key], stats);
   const render = (data) => {
     for (const el of dashboard.querySelectorAll("[data-stat]")) {
-      const value = el.dataset.stat.split(".").reduce((obj, key) => obj && obj[key], data.stats);
+      const value = stat(el.dataset.stat, data.stats);
       if (value !== undefined) el.textContent = String(value);
+    }
+    // A count's noun follows it: "1 admin", "2 admins".
+    for (const el of dashboard.querySelectorAll("[data-noun]")) {
+      const value = stat(el.dataset.noun, data.stats);
+      if (value !== undefined) el.textContent = value === 1 ? el.dataset.one : el.dataset.other;
     }
     const estimated = data.stats.estimated || [];
     for (const el of dashboard.querySelectorAll("[data-approx]")) {
@@ -22,6 +28,7 @@ if (dashboard) {
     const items = data.events.map((event) => {
       const li = document.createElement("li");
       const time = document.createElement("time");
+      time.className = "when";
       time.textContent = event.created_at.slice(0, 16).replace("T", " ") + " UTC";
       const action = document.createElement("strong");
       action.textContent = event.action;

@@ -300,13 +300,13 @@ async def test_the_panel_lists_sends_across_pages_with_read_counts(make_client: 
     rows = rows_of(first)
     assert len(rows) == 25
     assert row_with(first, "everyone").endswith(f"{panel.admin.email} everyone 2")
-    assert row_with(first, "n26").endswith("2 user(s) 1 / 2")
+    assert row_with(first, "n26").endswith("2 users 1 / 2")
     assert [row.split()[3] for row in rows[1:]] == [f"n{number:02d}" for number in range(26, 2, -1)]
     link = older_link(first)
     assert link is not None
     second = await panel.page(link)
     assert [row.split()[3] for row in rows_of(second)] == ["n02", "n01", "n00"]
-    assert row_with(second, "n00").endswith("2 user(s) 1 / 2")
+    assert row_with(second, "n00").endswith("2 users 1 / 2")
     assert older_link(second) is None
 
 

@@ -14,6 +14,7 @@ from tidings.handlers.admin.cookies import take_flash
 from tidings.handlers.admin.csrf import csrf_token_for
 from tidings.handlers.admin.forms import refuse_nul
 from tidings.handlers.admin.session import admin_middleware
+from tidings.handlers.admin.text import detail_lines, noun, plural
 from tidings.handlers.assets import TEMPLATES_DIR
 from tidings.server.keys import principal_key
 
@@ -43,6 +44,9 @@ def setup_routes(panel: web.Application) -> None:
     panel.router.add_post("/users/{user_id}/active", users.set_active)
     panel.router.add_post("/users/{user_id}/admin", users.set_admin)
     panel.router.add_post("/users/{user_id}/revoke", users.revoke_sessions)
+    panel.router.add_post("/users/{user_id}/password", users.set_password)
+    panel.router.add_get("/users/{user_id}/delete", users.delete_page)
+    panel.router.add_post("/users/{user_id}/delete", users.delete_user)
     panel.router.add_post("/users/{user_id}/notify", users.notify_user)
     panel.router.add_get("/notifications", notifications.notifications)
     panel.router.add_post("/notifications", notifications.notifications)
@@ -60,6 +64,9 @@ def create_admin_app() -> web.Application:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["datetime"] = _datetime
+    env.filters["plural"] = plural
+    env.filters["noun"] = noun
+    env.filters["detail_lines"] = detail_lines
     # After the gate and the context processors' middleware (which setup appended): the refusal is a panel page.
     panel.middlewares.append(refuse_nul)
     setup_routes(panel)

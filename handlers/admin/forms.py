@@ -3,6 +3,7 @@ every field the panel receives."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp_jinja2
@@ -10,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from tidings.handlers.nul import nul_errors
-from tidings.handlers.schemas import error_sentences
+from tidings.handlers.schemas import MAX_RECIPIENTS, error_sentences
 from tidings.server.keys import principal_key
 from tidings.server.services.audit import Actor
 
@@ -24,9 +25,30 @@ def actor(request: web.Request) -> Actor:
     return Actor.of(request[principal_key])
 
 
-def errors_text(messages: Any) -> str:
-    """Validation messages (nested dicts and lists) as one line."""
-    return "; ".join(error_sentences(messages))
+# For a field the form has no sentence of its own for: a person is never shown a field's internal name.
+UNKNOWN_FIELD = "Part of the form was not accepted: check it and try again."
+
+
+def form_sentences(messages: Mapping[str, Any], sentences: Mapping[str, str]) -> list[str]:
+    """A schema's validation messages as the form's own sentences: `sentences` says, by field name, what a person
+    should do about that field, in the order the form asks; every field in error gives its sentence once."""
+    said = [sentence for field, sentence in sentences.items() if field in messages]
+    if any(field not in sentences for field in messages):
+        said.append(UNKNOWN_FIELD)
+    return list(dict.fromkeys(said))
+
+
+# The send forms (the notifications page, a user's page) by SendNotificationSchema's fields, in the form's order.
+SEND_SENTENCES = {
+    "_schema": "Choose who receives it: chosen users or everyone.",
+    "user_ids": f"Enter at least one user (up to {MAX_RECIPIENTS}).",
+    "title": "Enter a title of 1 to 200 characters, not only spaces.",
+    "body": "Keep the message to 5000 characters or fewer.",
+}
+
+
+def unknown_names_sentence(names: list[str]) -> str:
+    return f"No user found for: {', '.join(names)}."
 
 
 @web.middleware

@@ -9,11 +9,21 @@ from aiohttp import web
 from marshmallow import ValidationError
 
 from tidings.handlers.admin.cookies import redirect
-from tidings.handlers.admin.forms import PAGE_SIZE, actor, errors_text
+from tidings.handlers.admin.forms import (
+    PAGE_SIZE,
+    SEND_SENTENCES,
+    actor,
+    form_sentences,
+    unknown_names_sentence,
+)
+from tidings.handlers.admin.text import plural
 from tidings.handlers.schemas import SendNotificationSchema
 from tidings.server.adapters.errors import ValidationFailed
 from tidings.server.keys import notifications_key
 from tidings.server.services.recipients import resolve_recipients
+
+# The send form's field that a schema field in error points at (the users box stands for user_ids).
+_FORM_FIELD = {"user_ids": "recipients", "_schema": "audience"}
 
 
 def _names(text: str) -> list[str]:
@@ -40,6 +50,7 @@ async def notifications(request: web.Request) -> web.Response:
     context: dict[str, Any] = {
         "form": {"title": "", "body": "", "recipients": "", "audience": "users"},
         "error": None,
+        "invalid": [],
         "preview": None,
     }
     status = 200
@@ -51,24 +62,34 @@ async def notifications(request: web.Request) -> web.Response:
         ids, unknown = ([], []) if broadcast else await _recipients(values["recipients"])
         raw: dict[str, Any] = {"title": values["title"], "body": values["body"]}
         raw.update({"broadcast": True} if broadcast else {"user_ids": ids})
+        data: dict[str, Any] = {}
+        messages: dict[str, Any] = {}
         try:
-            if unknown:
-                raise ValidationError({"recipients": [f"Not found: {', '.join(unknown)}"]})
             data = SendNotificationSchema().load(raw)
         except ValidationError as exc:
-            context["error"] = errors_text(exc.messages)
+            messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        if unknown or messages:
+            # The names not found say more than "no user": they replace the empty list's sentence.
+            sentences = form_sentences(messages, SEND_SENTENCES)
+            if unknown:
+                sentences = [unknown_names_sentence(unknown)] + [
+                    sentence for sentence in sentences if sentence != SEND_SENTENCES["user_ids"]
+                ]
+            context["error"] = " ".join(sentences)
+            fields = (*messages, *(["user_ids"] if unknown else []))
+            context["invalid"] = list(dict.fromkeys(_FORM_FIELD.get(field, field) for field in fields))
             status = 422
+        elif form.get("action") == "send":
+            await service.send(
+                title=data["title"],
+                body=data["body"],
+                user_ids=data["user_ids"],
+                broadcast=data["broadcast"],
+                sender=actor(request),
+            )
+            count = "everyone" if broadcast else plural(len(ids), "user")
+            raise redirect(request, "/admin/notifications", kind="success", text=f"Notification sent to {count}.")
         else:
-            if form.get("action") == "send":
-                await service.send(
-                    title=data["title"],
-                    body=data["body"],
-                    user_ids=data["user_ids"],
-                    broadcast=data["broadcast"],
-                    sender=actor(request),
-                )
-                count = "everyone" if broadcast else f"{len(ids)} user(s)"
-                raise redirect(request, "/admin/notifications", kind="success", text=f"Notification sent to {count}.")
             context["preview"] = {
                 "title": data["title"],
                 "body": data["body"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlencode
 
@@ -11,10 +12,10 @@ from marshmallow import ValidationError
 
 from tidings.documents import User
 from tidings.handlers.admin.cookies import redirect
-from tidings.handlers.admin.forms import PAGE_SIZE, actor, errors_text
-from tidings.handlers.schemas import SendNotificationSchema, UserListQuerySchema
-from tidings.server.adapters.errors import ApiError
-from tidings.server.keys import accounts_key, notifications_key, sessions_key
+from tidings.handlers.admin.forms import PAGE_SIZE, SEND_SENTENCES, actor, form_sentences
+from tidings.handlers.schemas import PASSWORD, AdminUpdateUserSchema, SendNotificationSchema, UserListQuerySchema
+from tidings.server.adapters.errors import ApiError, Conflict
+from tidings.server.keys import accounts_key, gauge_key, notifications_key, sessions_key
 
 
 def _tristate(value: str | None) -> bool | None:
@@ -55,13 +56,22 @@ async def _user(request: web.Request) -> User:
     return await request.config_dict[accounts_key].get(request.match_info["user_id"])
 
 
+def _no_such_user(request: web.Request) -> web.Response:
+    return aiohttp_jinja2.render_template("not_found.html", request, {"what": "user"}, status=404)
+
+
 async def user_detail(request: web.Request) -> web.Response:
     try:
         user = await _user(request)
     except ApiError:
-        return aiohttp_jinja2.render_template("not_found.html", request, {"what": "user"}, status=404)
-    sessions = await request.config_dict[sessions_key].active_count(user)
-    return aiohttp_jinja2.render_template("user.html", request, {"user": user, "sessions": sessions})
+        return _no_such_user(request)
+    assert user.id is not None
+    sessions, sockets = await asyncio.gather(
+        request.config_dict[sessions_key].active_count(user),
+        request.config_dict[gauge_key].user_total(str(user.id)),
+    )
+    context = {"user": user, "sessions": sessions, "sockets": sockets, "password": PASSWORD}
+    return aiohttp_jinja2.render_template("user.html", request, context)
 
 
 async def _change_user(request: web.Request, changes: dict[str, Any], done: str) -> web.StreamResponse:
@@ -101,6 +111,54 @@ async def revoke_sessions(request: web.Request) -> web.StreamResponse:
     raise redirect(request, f"/admin/users/{user.id}", kind="success", text="Every session of this user was ended.")
 
 
+# The API's rule for passwords, said as the form asks.
+PASSWORD_SENTENCES = {"password": f"Enter a password of {PASSWORD.min} to {PASSWORD.max} characters."}
+PASSWORDS_DIFFER = "The two passwords differ: type the same password in both boxes."
+
+
+async def set_password(request: web.Request) -> web.StreamResponse:
+    """An admin sets a user's password (the API's rules for it); the user's sessions and sockets end."""
+    user = await _user(request)
+    form = await request.post()
+    location = f"/admin/users/{user.id}"
+    password, repeated = str(form.get("password", "")), str(form.get("password_again", ""))
+    try:
+        data = AdminUpdateUserSchema().load({"password": password})
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        text = " ".join(form_sentences(messages, PASSWORD_SENTENCES))
+        raise redirect(request, location, kind="error", text=text) from None
+    if password != repeated:
+        raise redirect(request, location, kind="error", text=PASSWORDS_DIFFER)
+    await request.config_dict[accounts_key].set_password(actor(request), user, data["password"])
+    text = f"Password set for {user.email}. Their sessions have ended: they sign in again with the new password."
+    raise redirect(request, location, kind="success", text=text)
+
+
+async def delete_page(request: web.Request) -> web.Response:
+    """The confirmation before a deletion, naming the user."""
+    try:
+        user = await _user(request)
+    except ApiError:
+        return _no_such_user(request)
+    return aiohttp_jinja2.render_template("delete_user.html", request, {"user": user})
+
+
+async def delete_user(request: web.Request) -> web.StreamResponse:
+    """Delete an account through the same service as the API: its sessions, notifications and sockets go too; the
+    last active admin stays."""
+    try:
+        user = await _user(request)
+    except ApiError:  # deleted meanwhile (a second click, another admin)
+        raise redirect(request, "/admin/users", kind="error", text="There is no such user any more.") from None
+    try:
+        await request.config_dict[accounts_key].delete(actor(request), user)
+    except Conflict as exc:
+        text = f"{user.email} was not deleted. {exc.message}"
+        raise redirect(request, f"/admin/users/{user.id}", kind="error", text=text) from None
+    raise redirect(request, "/admin/users", kind="success", text=f"{user.email} was deleted.")
+
+
 async def notify_user(request: web.Request) -> web.StreamResponse:
     user = await _user(request)
     form = await request.post()
@@ -113,7 +171,9 @@ async def notify_user(request: web.Request) -> web.StreamResponse:
             title=data["title"], body=data["body"], user_ids=data["user_ids"], sender=actor(request)
         )
     except ValidationError as exc:
-        raise redirect(request, location, kind="error", text=errors_text(exc.messages)) from None
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        text = " ".join(form_sentences(messages, SEND_SENTENCES))
+        raise redirect(request, location, kind="error", text=text) from None
     except ApiError as exc:
         raise redirect(request, location, kind="error", text=exc.message) from None
     raise redirect(request, location, kind="success", text="Notification sent.")

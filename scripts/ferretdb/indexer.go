@@ -30,13 +30,15 @@ import (
 )
 
 // defaultIndexFields are the top-level fields tidings' hot queries select by equality
-// (notifications by recipient, by unread reader and by broadcast page; sessions and
-// receipts by user; users by email and username keys and by search key; read
-// receipts by dispatch and by notification).
+// (notifications by recipient, by unread reader, by broadcast page and by inbox page;
+// sessions and receipts by user; users by email and username keys and by search key;
+// read receipts by dispatch and by notification; everything by day for retention;
+// the log of sends and its tallies by page and fold slot; the audit log by actor,
+// action and target).
 var defaultIndexFields = []string{
 	"recipient_id", "user_id", "email_key", "username_key", "dispatch_id",
 	"unread_by", "broadcast_page", "search_keys", "notification_id", "created_day", "log_page", "fold_slot",
-	"inbox_page",
+	"inbox_page", "actor_id", "action", "target_id",
 }
 
 // fieldName is what -index-fields accepts: a plain top-level field name. FerretDB

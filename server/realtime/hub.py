@@ -138,6 +138,14 @@ class Hub:
         """Authenticated sockets."""
         return sum(len(conns) for conns in self._by_user.values())
 
+    def connections_by_user(self) -> dict[str, int]:
+        """Authenticated sockets per user."""
+        return {user_id: len(conns) for user_id, conns in self._by_user.items() if conns}
+
+    def connections_of(self, user_id: str) -> int:
+        """One user's authenticated sockets."""
+        return len(self._by_user.get(user_id, ()))
+
     def socket_count(self) -> int:
         """Every socket, authenticated or not."""
         return len(self._sockets)

@@ -149,6 +149,27 @@ class AccountService:
         )
         return user
 
+    async def set_password(self, actor: Actor | None, user: User, password: str) -> User:
+        """An admin sets a user's password: hashed in the thread pool, every session of the user ends (their
+        tokens and sockets with them), and the user is told."""
+        user = await self._apply(user, {"password": password})
+        assert user.id is not None
+        await self.audit.record(
+            actor,
+            "user.password_set",
+            target_id=user.id,
+            target_label=user.email,
+            details={"sessions": "all ended"},
+        )
+        await self.notifications.notice(
+            user.id,
+            title=change_sentence("password", None),
+            body=f"{change_sentence('password', None)}.",
+            data={"event": "account_changed", "fields": ["password"]},
+            actor=actor,
+        )
+        return user
+
     async def delete(self, actor: Actor | None, user: User) -> None:
         """An admin deletes an account."""
         await self._erase(user)
