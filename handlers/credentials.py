@@ -1,9 +1,10 @@
-"""What a request says about its caller: the bearer token it carries, and the address it comes from."""
+"""What a request says about its caller: the bearer token it carries, the address and the origin it comes from."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from tidings.server.adapters.errors import Forbidden
 from tidings.server.keys import settings_key
 
 
@@ -24,3 +25,11 @@ def client_address(request: web.Request) -> str:
         if hops:
             return hops[-1]
     return request.remote or "unknown"
+
+
+def refuse_foreign_origin(request: web.Request, refusal: str) -> None:
+    """Raise Forbidden (with `refusal`) when the request comes from a page of another origin. Browsers send Origin
+    with every WebSocket upgrade and every POST; clients that are not browsers send none, and pass."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in request.config_dict[settings_key].allowed_origins:
+        raise Forbidden(refusal)

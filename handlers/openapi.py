@@ -34,6 +34,19 @@ _ERROR_DESCRIPTIONS = {
 }
 
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+# The live page's refresh cookie (handlers/auth.py), which the browser sends to /api/v1/auth/page/ only.
+PAGE_SESSION: list[dict[str, list[str]]] = [{"pageSession": []}]
+PAGE_SESSION_SCHEME = {
+    "type": "apiKey",
+    "in": "cookie",
+    "name": "tidings_refresh",
+    "description": "HttpOnly: set by POST /api/v1/auth/page/login; a browser sends it, no script can.",
+}
+
+# Operations that are WebSocket upgrades: Swagger UI cannot open a socket, so it offers no "Try it out" for them
+# (the x-websocket extension, read by the NO_TRY_IT_OUT plugin of the docs page below).
+WEBSOCKET_PATHS = frozenset({"/api/v1/ws"})
+WEBSOCKET_EXTENSION = "x-websocket"
 
 # SendNotificationSchema.one_audience, in words and in JSON Schema (OpenAPI 3.0.3): broadcast: true, or named
 # recipients, not both (both oneOf branches would match) and not neither (none would). The total it cannot state.
@@ -114,8 +127,8 @@ def _refuse_nul(fields: Mapping[str, Any]) -> None:
 class OperationsAsServed(BasePlugin):
     """Each operation as the server treats it, where apigami says otherwise: every request body is required (each
     request schema has a required field or refuses to change nothing, so a request without one is a 422), no
-    Swagger 2 `produces` (apigami's @docs adds it, and no valid OpenAPI 3 operation has one), and no HEAD twin of
-    each GET."""
+    Swagger 2 `produces` (apigami's @docs adds it, and no valid OpenAPI 3 operation has one), no HEAD twin of
+    each GET, and a WebSocket upgrade marked as one (x-websocket: true)."""
 
     def operation_helper(
         self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
@@ -126,6 +139,8 @@ class OperationsAsServed(BasePlugin):
             operation.pop("produces", None)
             if "requestBody" in operation:
                 operation["requestBody"]["required"] = True
+            if path in WEBSOCKET_PATHS:
+                operation[WEBSOCKET_EXTENSION] = True
 
 
 def setup_openapi(app: web.Application) -> None:
@@ -141,6 +156,7 @@ def setup_openapi(app: web.Application) -> None:
         info={"description": "Accounts, JWT auth and real-time notifications. Errors share one shape: ErrorSchema."},
     )
     spec.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    spec.spec.components.security_scheme("pageSession", PAGE_SESSION_SCHEME)
     spec.spec.components.schema("ErrorSchema", schema=ErrorSchema)
     # Registered ahead of its operation (under the name apigami would give it) to add what marshmallow cannot say.
     spec.spec.components.schema("SendNotification", SEND_AUDIENCE, schema=SendNotificationSchema)
@@ -152,11 +168,28 @@ def setup_openapi(app: web.Application) -> None:
     app[APISPEC_PARSER] = Parser()
 
 
+# A Swagger UI plugin: no "Try it out" for an operation marked x-websocket (its request would be a plain GET, which
+# the server refuses with a 400: it is not an upgrade). Swagger UI asks the spec selector allowTryItOutFor(path,
+# method) of every operation; it answers true unless a plugin wraps it, as this one does.
+NO_TRY_IT_OUT = (
+    "const NoTryItOutForWebSockets = () => ({statePlugins: {spec: {wrapSelectors: {"
+    "allowTryItOutFor: (original, system) => (state, path, method) => "
+    f'!system.specSelectors.specJson().getIn(["paths", path, method, "{WEBSOCKET_EXTENSION}"]) '
+    "&& original(state, path, method)}}}});"
+)
+_APIGAMI_PLUGINS = "plugins: [\n          SwaggerUIBundle.plugins.DownloadUrl\n        ],"
+_PLUGINS = "plugins: [SwaggerUIBundle.plugins.DownloadUrl, NoTryItOutForWebSockets],"
+
+
 @functools.cache
 def _swagger_page() -> str:
-    """Swagger UI's page as aiohttp-apigami ships it, titled "tidings API" and pointed at our document."""
+    """Swagger UI's page as aiohttp-apigami ships it, titled "tidings API", pointed at our document, and with the
+    NO_TRY_IT_OUT plugin."""
     template = Template((SWAGGER_UI_STATIC_FILES / "index.html").read_text(encoding="utf-8"))
     page = template.substitute(path="/api/docs/openapi.json", static="/api/docs/static", layout="StandaloneLayout")
+    if _APIGAMI_PLUGINS not in page or "window.onload" not in page:
+        raise RuntimeError("aiohttp-apigami's Swagger UI page changed: update handlers/openapi.py")
+    page = page.replace(_APIGAMI_PLUGINS, _PLUGINS).replace("window.onload", f"{NO_TRY_IT_OUT}\n    window.onload", 1)
     return page.replace("<title>Swagger UI</title>", "<title>tidings API</title>")
 
 

@@ -20,6 +20,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post(f"{API}/auth/refresh", auth.refresh)
     app.router.add_post(f"{API}/auth/logout", auth.logout)
     app.router.add_post(f"{API}/auth/logout-all", auth.logout_all)
+    # The live page's session: its refresh token is a cookie scoped to PAGE_AUTH_PATH (docs/security.md).
+    app.router.add_post(f"{auth.PAGE_AUTH_PATH}/login", auth.page_login)
+    app.router.add_post(f"{auth.PAGE_AUTH_PATH}/refresh", auth.page_refresh)
+    app.router.add_post(f"{auth.PAGE_AUTH_PATH}/logout", auth.page_logout)
 
     app.router.add_get(f"{API}/users/me", users.get_me)
     app.router.add_patch(f"{API}/users/me", users.patch_me)

@@ -187,6 +187,14 @@ class TokenPairSchema(Schema):
     expires_in = fields.Integer(required=True)
 
 
+class AccessTokenSchema(Schema):
+    """The live page's login and refresh: the refresh token is in the HttpOnly cookie, never in the body."""
+
+    access_token = fields.String(required=True)
+    token_type = fields.String(required=True, metadata={"example": "bearer"})
+    expires_in = fields.Integer(required=True)
+
+
 class HealthSchema(Schema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.String())

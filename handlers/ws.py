@@ -17,11 +17,11 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from tidings.documents.ids import parse_object_id
-from tidings.handlers.credentials import bearer_token
+from tidings.handlers.credentials import bearer_token, refuse_foreign_origin
 from tidings.handlers.json_input import InvalidJson, NulInJson, parse_json
 from tidings.handlers.openapi import BEARER, error_responses
 from tidings.handlers.schemas import error_sentences
-from tidings.server.adapters.errors import ApiError, Forbidden, InvalidToken
+from tidings.server.adapters.errors import ApiError, InvalidToken
 from tidings.server.keys import authenticator_key, hub_key, notifications_key, settings_key
 from tidings.server.realtime.frames import CloseCode
 from tidings.server.realtime.hub import Connection, Hub
@@ -113,10 +113,8 @@ async def _close(ws: web.WebSocketResponse, code: int, message: str) -> None:
 
 async def _upgrade_principal(request: web.Request) -> Principal | None:
     """Check the upgrade request: its Origin, and its Authorization header when there is one."""
-    origin = request.headers.get("Origin")
-    # Browsers always send Origin; refusing foreign ones stops cross-site WebSocket hijacking.
-    if origin is not None and origin not in request.app[settings_key].allowed_origins:
-        raise Forbidden("This Origin may not open a WebSocket.")
+    # Refusing foreign Origins stops cross-site WebSocket hijacking.
+    refuse_foreign_origin(request, "This Origin may not open a WebSocket.")
     token = bearer_token(request)
     if token is None:
         return None

@@ -1,4 +1,5 @@
-"""POST /auth/register, /auth/login, /auth/refresh, /auth/logout and /auth/logout-all."""
+"""POST /auth/register, /auth/login, /auth/refresh, /auth/logout and /auth/logout-all, and the live page's session
+(/auth/page/login, /auth/page/refresh and /auth/page/logout, whose refresh token is a cookie)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import asyncio
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from http.cookies import Morsel, SimpleCookie
 from typing import Any
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from beanie import PydanticObjectId
 
@@ -23,6 +26,9 @@ REFRESH = f"{API}/auth/refresh"
 LOGOUT = f"{API}/auth/logout"
 LOGOUT_ALL = f"{API}/auth/logout-all"
 ME = f"{API}/users/me"
+PAGE = f"{API}/auth/page"
+COOKIE = "tidings_refresh"
+FROM_PAGE = {"X-Requested-With": "tidings"}
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
 PUBLIC_FIELDS = {"id", "email", "username", "full_name", "bio", "is_active", "is_admin", "created_at", "updated_at"}
@@ -573,3 +579,232 @@ async def test_lookalike_emails_are_one_account(client: TestClient[Any, Any], fi
     assert error["details"] == {"field": "email"}
     login = await client.post(LOGIN, json={"email": lookalike, "password": PASSWORD})
     assert login.status == 200, await login.text()
+
+
+# The live page's session: the refresh token in an HttpOnly cookie
+
+
+async def page_post(
+    client: TestClient[Any, Any],
+    action: str,
+    *,
+    cookie: str | None = None,
+    headers: dict[str, str] | None = None,
+    json: Any = None,
+) -> ClientResponse:
+    """POST /auth/page/<action> as the page sends it (X-Requested-With), with exactly the cookie given."""
+    client.session.cookie_jar.clear()  # each request carries the cookie its test names, and no other
+    sent = {**FROM_PAGE, **(headers or {})}
+    if cookie is not None:
+        sent["Cookie"] = f"{COOKIE}={cookie}"
+    return await client.post(f"{PAGE}/{action}", json=json, headers=sent)
+
+
+def set_cookie(response: ClientResponse) -> tuple[str, Morsel[str]]:
+    """The one Set-Cookie header of a response, raw and parsed."""
+    headers = response.headers.getall("Set-Cookie", [])
+    assert len(headers) == 1, headers
+    return headers[0], SimpleCookie(headers[0])[COOKIE]
+
+
+async def page_login(client: TestClient[Any, Any], email: str) -> tuple[str, str]:
+    """Log in as the page does: the access token and the cookie's refresh token."""
+    response = await page_post(client, "login", json={"email": email, "password": PASSWORD})
+    body = await json_of(response, 200)
+    return body["access_token"], set_cookie(response)[1].value
+
+
+async def test_page_login_keeps_the_refresh_token_in_an_httponly_cookie(
+    client: TestClient[Any, Any], accounts: Accounts, settings: Settings
+) -> None:
+    user = await accounts.register()
+    response = await page_post(client, "login", json={"email": user["email"], "password": PASSWORD})
+    body = await json_of(response, 200)
+    # The body has no refresh token: no script on the page ever holds one.
+    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == settings.access_token_ttl
+    assert await me_status(client, body["access_token"]) == 200
+    raw, cookie = set_cookie(response)
+    assert claims_of(cookie.value)["aud"] == "tidings:refresh"
+    assert claims_of(cookie.value)["sid"] == claims_of(body["access_token"])["sid"]
+    assert cookie["httponly"] is True
+    assert cookie["samesite"] == "Strict"
+    assert cookie["path"] == PAGE  # sent to the page's session endpoints only
+    assert cookie["max-age"] == str(settings.refresh_token_ttl)
+    assert not cookie["secure"]  # development and tests run on plain http
+    assert "HttpOnly" in raw and "SameSite=Strict" in raw and f"Path={PAGE};" in raw + ";"
+
+
+async def test_page_cookie_is_secure_in_production(make_client: AppFactory) -> None:
+    client, accounts, _ = await make_client(environment="production")
+    user = await accounts.register()
+    response = await page_post(client, "login", json={"email": user["email"], "password": PASSWORD})
+    await json_of(response, 200)
+    raw, cookie = set_cookie(response)
+    assert cookie["secure"] is True
+    assert "Secure" in raw
+
+
+async def test_the_json_api_sets_no_cookie(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    """API clients keep their tokens in the body, as before; the page's cookie means nothing to /auth/refresh."""
+    user = await accounts.register()
+    response = await client.post(LOGIN, json={"email": user["email"], "password": PASSWORD})
+    pair = await json_of(response, 200)
+    assert "refresh_token" in pair
+    assert "Set-Cookie" not in response.headers
+    _, cookie = await page_login(client, user["email"])
+    response = await client.post(REFRESH, json={}, headers={"Cookie": f"{COOKIE}={cookie}"})
+    await error_of(response, 422, "validation_error")
+    status, body = await refresh(client, pair["refresh_token"])
+    assert status == 200, body
+
+
+async def test_page_refresh_gives_an_access_token_and_keeps_the_cookie(
+    client: TestClient[Any, Any], accounts: Accounts, settings: Settings
+) -> None:
+    """The page's tabs share one cookie and a reload may cut off a refresh's answer: the cookie's refresh token is
+    not rotated, so no use of it ever races another. Each use is checked like a rotation."""
+    user = await accounts.register()
+    access, cookie = await page_login(client, user["email"])
+    response = await page_post(client, "refresh", cookie=cookie)
+    body = await json_of(response, 200)
+    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert body["expires_in"] == settings.access_token_ttl
+    assert body["access_token"] != access
+    assert claims_of(body["access_token"])["sid"] == claims_of(cookie)["sid"]
+    assert await me_status(client, body["access_token"]) == 200
+    assert "Set-Cookie" not in response.headers
+    # Many at once (tabs, reloads): every one works, and the session lives on.
+    responses = await asyncio.gather(*(page_post(client, "refresh", cookie=cookie) for _ in range(5)))
+    assert [response.status for response in responses] == [200] * 5
+    await json_of(await page_post(client, "refresh", cookie=cookie), 200)
+    session = await Session.get(PydanticObjectId(claims_of(cookie)["sid"]))
+    assert session is not None and session.revoked_at is None and session.last_used_at is not None
+
+
+async def test_a_copied_cookie_rotated_through_the_api_ends_the_session(
+    client: TestClient[Any, Any], accounts: Accounts
+) -> None:
+    """Someone who copied the cookie's token and rotated it through /auth/refresh: the page's next use is a reuse,
+    which ends the session, for the copy too."""
+    user = await accounts.register()
+    access, cookie = await page_login(client, user["email"])
+    status, stolen = await refresh(client, cookie)
+    assert status == 200, stolen
+    await error_of(await page_post(client, "refresh", cookie=cookie), 401, "invalid_token")
+    assert await me_status(client, access) == 401
+    assert await me_status(client, stolen["access_token"]) == 401
+    assert (await refresh(client, stolen["refresh_token"]))[0] == 401
+
+
+async def test_page_login_ends_the_session_whose_cookie_it_replaces(
+    client: TestClient[Any, Any], accounts: Accounts
+) -> None:
+    first, second = await accounts.register(), await accounts.register()
+    access, cookie = await page_login(client, first["email"])
+    response = await page_post(client, "login", cookie=cookie, json={"email": second["email"], "password": PASSWORD})
+    await json_of(response, 200)
+    assert claims_of(set_cookie(response)[1].value)["sub"] == second["id"]
+    assert await me_status(client, access) == 401
+    await error_of(await page_post(client, "refresh", cookie=cookie), 401, "invalid_token")
+
+
+async def test_page_refresh_without_a_cookie_has_nothing_to_refresh(client: TestClient[Any, Any]) -> None:
+    response = await page_post(client, "refresh")
+    assert response.status == 204, await response.text()
+    assert "Set-Cookie" not in response.headers
+
+
+@pytest.mark.parametrize("cookie", ["garbage", "a.b.c", "eyJhbGciOiJIUzI1NiJ9.e30.x", "%E2%9C%93"])
+async def test_page_refresh_refuses_and_clears_a_bad_cookie(client: TestClient[Any, Any], cookie: str) -> None:
+    response = await page_post(client, "refresh", cookie=cookie)
+    await error_of(response, 401, "invalid_token")
+    raw, cleared = set_cookie(response)
+    assert cleared.value == "" and cleared["max-age"] == "0" and cleared["path"] == PAGE, raw
+
+
+async def test_a_revoked_sessions_cookie_gets_401(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    user = await accounts.register()
+    access, cookie = await page_login(client, user["email"])
+    response = await client.post(LOGOUT_ALL, headers={"Authorization": f"Bearer {access}"})
+    assert response.status == 204, await response.text()
+    response = await page_post(client, "refresh", cookie=cookie)
+    await error_of(response, 401, "invalid_token")
+    assert set_cookie(response)[1]["max-age"] == "0"
+
+
+async def test_an_expired_page_session_gets_401(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    user = await accounts.register()
+    _, cookie = await page_login(client, user["email"])
+    sid = PydanticObjectId(claims_of(cookie)["sid"])
+    await Session.find_one({"_id": sid}).update({"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}})
+    await error_of(await page_post(client, "refresh", cookie=cookie), 401, "invalid_token")
+
+
+async def test_page_logout_ends_the_session_and_clears_the_cookie(
+    client: TestClient[Any, Any], accounts: Accounts
+) -> None:
+    user = await accounts.register()
+    access, cookie = await page_login(client, user["email"])
+    other_access, _ = await page_login(client, user["email"])
+    assert await me_status(client, access) == 200
+    response = await page_post(client, "logout", cookie=cookie)
+    assert response.status == 204, await response.text()
+    raw, cleared = set_cookie(response)
+    assert cleared.value == "" and cleared["max-age"] == "0" and cleared["path"] == PAGE, raw
+    assert await me_status(client, access) == 401
+    await error_of(await page_post(client, "refresh", cookie=cookie), 401, "invalid_token")
+    # Another session (another browser) of the same user goes on.
+    assert await me_status(client, other_access) == 200
+    # Logging out without a session, or with a bad cookie, still clears it.
+    for stale in (None, "garbage", cookie):
+        response = await page_post(client, "logout", cookie=stale)
+        assert response.status == 204, await response.text()
+        assert set_cookie(response)[1]["max-age"] == "0"
+
+
+@pytest.mark.parametrize("action", ["login", "refresh", "logout"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Requested-With": ""},  # the header missing (page_post's is overridden away)
+        {"X-Requested-With": "tidings", "Origin": "https://evil.example"},
+        {"X-Requested-With": "tidings", "Origin": "null"},
+    ],
+    ids=["no-header", "foreign-origin", "null-origin"],
+)
+async def test_the_page_session_refuses_cross_site_requests(
+    client: TestClient[Any, Any], accounts: Accounts, action: str, headers: dict[str, str]
+) -> None:
+    """CSRF: without the custom header (which no cross-site form can send), or from a foreign Origin, the cookie
+    is neither used nor changed, and login does not even check the password (a wrong one is refused as CSRF)."""
+    user = await accounts.register()
+    access, cookie = await page_login(client, user["email"])
+    body = {"email": user["email"], "password": "wrong password"} if action == "login" else None
+    response = await page_post(client, action, cookie=cookie, headers=headers, json=body)
+    error = await error_of(response, 403, "forbidden")
+    assert "page" in error["message"]
+    assert "Set-Cookie" not in response.headers
+    # The session is untouched: the access token works, and the cookie is still the current refresh token.
+    assert await me_status(client, access) == 200
+    response = await page_post(client, "refresh", cookie=cookie)
+    await json_of(response, 200)
+
+
+async def test_the_page_session_accepts_its_own_origin(
+    client: TestClient[Any, Any], accounts: Accounts, settings: Settings
+) -> None:
+    user = await accounts.register()
+    _, cookie = await page_login(client, user["email"])
+    response = await page_post(client, "refresh", cookie=cookie, headers={"Origin": settings.allowed_origins[0]})
+    await json_of(response, 200)
+
+
+async def test_page_login_errors_are_the_apis(client: TestClient[Any, Any], accounts: Accounts) -> None:
+    user = await accounts.register()
+    response = await page_post(client, "login", json={"email": user["email"], "password": "wrong password"})
+    await error_of(response, 401, "invalid_credentials")
+    assert "Set-Cookie" not in response.headers
+    error = await error_of(await page_post(client, "login", json={"email": user["email"]}), 422, "validation_error")
+    assert list(error["details"]) == ["password"]

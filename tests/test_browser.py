@@ -8,7 +8,9 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from playwright.async_api import (
@@ -16,6 +18,7 @@ from playwright.async_api import (
     BrowserContext,
     ConsoleMessage,
     Dialog,
+    Locator,
     Page,
     Route,
     WebSocketRoute,
@@ -173,6 +176,50 @@ async def live_login(watched: Watched, person: Person) -> None:
     # The section shows once the login succeeded; its status (stale while hidden) then follows the new socket.
     await expect(page.locator("#live-section")).to_be_visible()
     await expect(page.locator("#status")).to_have_text("live")
+
+
+async def api_token(server: LiveServer, person: Person) -> str:
+    """An access token of `person`, through the JSON API (outside any browser)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{server.url}/api/v1/auth/login", json={"email": person.email, "password": person.password}
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+        token: str = (await response.json())["access_token"]
+        return token
+
+
+async def api_post(server: LiveServer, token: str, path: str, body: dict[str, Any]) -> int:
+    """POST to the JSON API as the token's user; the status."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{server.url}/api/v1{path}", json=body, headers={"Authorization": f"Bearer {token}"}) as sent,
+    ):
+        assert sent.status < 300, await sent.text()
+        return sent.status
+
+
+async def unread_of(server: LiveServer, token: str) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{server.url}/api/v1/notifications/unread-count", headers={"Authorization": f"Bearer {token}"}
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+        count: int = (await response.json())["unread"]
+        return count
+
+
+async def no_web_storage(page: Page) -> None:
+    """Nothing at all in localStorage or sessionStorage, and no session cookie a script can read."""
+    stored = await page.evaluate(
+        "() => [localStorage.length, sessionStorage.length, JSON.stringify({...localStorage, ...sessionStorage})]"
+    )
+    assert stored == [0, 0, "{}"], stored
+    assert "tidings_refresh" not in await page.evaluate("() => document.cookie")
 
 
 async def flash(page: Page, text: str) -> None:
@@ -457,4 +504,268 @@ async def test_live_page_loads_existing_resumes_without_duplicates_and_marks_all
     assert await unread_count() == 0
 
     assert live.dialogs == []
+    live.assert_clean()
+
+
+async def test_sign_up_on_the_live_page(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    taken = await new_user(server, f"gus_{uuid.uuid4().hex[:6]}")
+    live = await open_page(browser, contexts)
+    page = live.page
+    await page.goto(f"{server.url}/")
+    form = page.locator("#register-form")
+    await expect(form).to_be_visible()
+    await expect(page.locator("#login-form")).to_be_visible()  # beside it
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=SCREENSHOTS / "live-forms.png", full_page=True)
+    name = f"hana_{uuid.uuid4().hex[:6]}"
+
+    # The API's validation errors, one sentence per field, in words.
+    await form.get_by_label("Email").fill(f"{name}@example.com")
+    await form.get_by_label("Username").fill("has space")
+    await form.get_by_label("Password").fill(USER_PASSWORD)
+    await form.get_by_role("button", name="Sign up").click()
+    errors = page.locator("#register-error")
+    await expect(errors).to_have_text("Username: 3 to 32 letters, digits, '_', '.' or '-'.")
+    # Two at once, one line each.
+    await form.get_by_label("Username").fill("x")
+    await form.get_by_label("Full name").fill("n" * 100)
+    await form.get_by_label("Full name").evaluate("input => { input.maxLength = 200; input.value += 'n'; }")
+    await form.get_by_role("button", name="Sign up").click()
+    await expect(errors.locator("li")).to_have_text(
+        ["Username: 3 to 32 letters, digits, '_', '.' or '-'.", "Full name: Longer than maximum length 100."]
+    )
+    # A taken email: the API's message.
+    await form.get_by_label("Email").fill(taken.email.upper())
+    await form.get_by_label("Username").fill(name)
+    await form.get_by_label("Full name").fill("")
+    await form.get_by_role("button", name="Sign up").click()
+    await expect(errors).to_have_text("This email is already taken.")
+    await expect(page.locator("#login-section")).to_be_visible()
+
+    # A good one: the account is made, and the page is signed in and live.
+    await form.get_by_label("Email").fill(f"{name}@example.com")
+    await form.get_by_label("Full name").fill("Hana Ito")
+    await form.get_by_role("button", name="Sign up").click()
+    await expect(page.locator("#live-section")).to_be_visible()
+    await expect(page.locator("#status")).to_have_text("live")
+    await expect(page.locator("#empty")).to_be_visible()
+    await expect(page.locator("#register-error")).to_be_hidden()
+    await expect(form.get_by_label("Password")).to_have_value("")
+    token = await api_token(server, Person(f"{name}@example.com", name, USER_PASSWORD))
+    assert await unread_of(server, token) == 0
+    await no_web_storage(page)
+    assert live.dialogs == []
+    live.assert_clean("status of 422", "status of 422", "status of 409")
+
+
+async def test_notification_data_is_text_and_only_http_urls_are_links(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    user = await new_user(server, f"ida_{uuid.uuid4().hex[:6]}")
+    live = await open_page(browser, contexts)
+    page = live.page
+    await page.goto(f"{server.url}/")
+    await live_login(live, user)
+    admin_token = await api_token(server, admin)
+    sends: dict[str, dict[str, Any]] = {
+        "script": {"url": "javascript:alert(1)", "note": "<b>bold</b>", "nested": {"a": [1, "<i>x</i>"]}},
+        "data": {"url": "data:text/html,<script>alert(2)</script>"},
+        "spaced": {"url": "  JavaScript:alert(3)"},
+        "relative": {"url": "/admin/"},
+        "https": {"url": "https://example.com/read?id=1&x=<y>"},
+        "http": {"url": "http://example.org/"},
+    }
+    for title, data in sends.items():
+        await api_post(
+            server, admin_token, "/notifications", {"title": title, "body": "", "data": data, "user_ids": [user.id]}
+        )
+    items = page.locator("#notifications li")
+    await expect(items.locator("h3")).to_have_text(list(reversed(sends)))
+
+    def item(title: str) -> Locator:
+        return items.filter(has=page.get_by_role("heading", name=title, exact=True))
+
+    for title in ("script", "data", "spaced", "relative"):
+        await expect(item(title).locator("a")).to_have_count(0)
+        await expect(item(title).locator("dd").first).to_have_text(str(sends[title]["url"]))
+    script = item("script")
+    await expect(script.locator("dt")).to_have_text(["url", "note", "nested"])
+    await expect(script.locator("dd")).to_have_text(["javascript:alert(1)", "<b>bold</b>", '{"a":[1,"<i>x</i>"]}'])
+    assert await page.locator("#notifications b, #notifications i, #notifications script").count() == 0
+
+    link = item("https").get_by_role("link")
+    await expect(link).to_have_attribute("href", "https://example.com/read?id=1&x=%3Cy%3E")
+    await expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
+    await expect(item("http").get_by_role("link")).to_have_attribute("href", "http://example.org/")
+    await page.screenshot(path=SCREENSHOTS / "live-data.png", full_page=True)
+    assert live.dialogs == []
+    live.assert_clean()
+
+
+async def test_broadcasts_are_marked_apart_from_personal_notifications(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    user = await new_user(server, f"jon_{uuid.uuid4().hex[:6]}")
+    live = await open_page(browser, contexts)
+    page = live.page
+    admin_token = await api_token(server, admin)
+    # One of each before the page opens (from the history) and after (live).
+    tag = uuid.uuid4().hex[:6]
+    await api_post(server, admin_token, "/notifications", {"title": f"all {tag} 1", "body": "", "broadcast": True})
+    await api_post(server, admin_token, "/notifications", {"title": f"you {tag} 1", "body": "", "user_ids": [user.id]})
+    await page.goto(f"{server.url}/")
+    await live_login(live, user)
+    await api_post(server, admin_token, "/notifications", {"title": f"all {tag} 2", "body": "", "broadcast": True})
+    await api_post(server, admin_token, "/notifications", {"title": f"you {tag} 2", "body": "", "user_ids": [user.id]})
+    items = page.locator("#notifications li")
+    await expect(items.locator("h3")).to_have_text([f"you {tag} 2", f"all {tag} 2", f"you {tag} 1", f"all {tag} 1"])
+    broadcasts = items.filter(has_text=f"all {tag}")
+    await expect(broadcasts).to_have_count(2)
+    await expect(broadcasts.locator(".badge")).to_have_text(["Broadcast", "Broadcast"])
+    await expect(broadcasts.nth(0)).to_have_class("unread broadcast")
+    personal = items.filter(has_text=f"you {tag}")
+    await expect(personal.locator(".badge")).to_have_count(0)
+    await expect(personal.nth(0)).to_have_class("unread")
+    await page.get_by_role("button", name="Mark all read").click()
+    await expect(broadcasts.nth(1)).to_have_class("read broadcast")
+    await page.screenshot(path=SCREENSHOTS / "live-broadcast.png", full_page=True)
+    live.assert_clean()
+
+
+async def test_the_password_is_cleared_after_a_failed_login_and_an_ended_session(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    user = await new_user(server, f"kai_{uuid.uuid4().hex[:6]}")
+    live = await open_page(browser, contexts)
+    page = live.page
+    await page.goto(f"{server.url}/")
+    form = page.locator("#login-form")
+    await form.get_by_label("Email").fill(user.email)
+    await form.get_by_label("Password").fill("not the password")
+    await form.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#login-error")).to_have_text("Email or password is incorrect.")
+    await expect(form.get_by_label("Password")).to_have_value("")
+    await expect(form.get_by_label("Email")).to_have_value(user.email)
+
+    await live_login(live, user)
+    await expect(form.get_by_label("Password")).to_have_value("")
+    # The session ends elsewhere ("log out everywhere" from the API): the page is back at its form, empty.
+    await api_post(server, await api_token(server, user), "/auth/logout-all", {})
+    await expect(page.locator("#login-section")).to_be_visible()
+    await expect(page.locator("#login-error")).to_have_text("credentials revoked")
+    await expect(form.get_by_label("Password")).to_have_value("")
+    # A reload with the cookie of the ended session: the form, saying so.
+    await page.reload()
+    await expect(page.locator("#login-error")).to_have_text("Your session has ended; log in again.")
+    await expect(form.get_by_label("Password")).to_have_value("")
+    assert [cookie["name"] for cookie in await page.context.cookies()] == []  # the dead cookie was cleared
+    live.assert_clean("status of 401", "status of 401")
+
+
+async def test_a_reload_keeps_the_session_without_web_storage(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    user = await new_user(server, f"lea_{uuid.uuid4().hex[:6]}")
+    live = await open_page(browser, contexts)
+    page = live.page
+    await page.goto(f"{server.url}/")
+    await live_login(live, user)
+    admin_token = await api_token(server, admin)
+    await api_post(server, admin_token, "/notifications", {"title": "kept", "body": "", "user_ids": [user.id]})
+    await expect(page.locator("#notifications h3")).to_have_text(["kept"])
+    await no_web_storage(page)
+    (cookie,) = await page.context.cookies()
+    assert cookie["name"] == "tidings_refresh"
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/api/v1/auth/page"
+    assert cookie["secure"] is False  # plain http in tests; Secure in production
+
+    # A reload signs the page in again from its cookie, without the form.
+    await page.reload()
+    await expect(page.locator("#live-section")).to_be_visible()
+    await expect(page.locator("#status")).to_have_text("live")
+    await expect(page.locator("#notifications h3")).to_have_text(["kept"])
+    await expect(page.locator("#unread")).to_have_text("1")
+    await expect(page.locator("#login-section")).to_be_hidden()
+    await no_web_storage(page)
+
+    # A reload that cuts off the refresh of the one before it: still signed in.
+    for _ in range(3):
+        async with page.expect_request(re.compile(r"/api/v1/auth/page/refresh$")):
+            await page.reload(wait_until="commit")
+        await page.reload()
+        await expect(page.locator("#status")).to_have_text("live")
+
+    # Two tabs reloading at once share the cookie: neither one's refresh spoils the other's.
+    other = Watched(await page.context.new_page())
+    await other.page.goto(f"{server.url}/")
+    await expect(other.page.locator("#status")).to_have_text("live")
+    for _ in range(3):
+        await asyncio.gather(page.reload(), other.page.reload())
+        for tab in (page, other.page):
+            await expect(tab.locator("#status")).to_have_text("live")
+    await api_post(server, admin_token, "/notifications", {"title": "both", "body": "", "user_ids": [user.id]})
+    for tab in (page, other.page):
+        await expect(tab.locator("#notifications h3").first).to_have_text("both")
+
+    # Logging out ends the session and clears the cookie: a reload shows the form, and the other tab is out too.
+    async with page.expect_response(re.compile(r"/api/v1/auth/page/logout$")) as logout:
+        await page.get_by_role("button", name="Log out").click()
+    assert (await logout.value).status == 204
+    await expect(page.locator("#login-section")).to_be_visible()
+    await expect(other.page.locator("#login-section")).to_be_visible()
+    assert await page.context.cookies() == []
+    await page.reload()
+    await expect(page.locator("#login-section")).to_be_visible()
+    await expect(page.locator("#login-error")).to_be_hidden()
+    await no_web_storage(page)
+    live.assert_clean()
+    other.assert_clean()
+
+
+async def test_a_notification_sent_between_the_history_and_ready_is_counted_once(
+    browser: Browser, contexts: list[BrowserContext], server: LiveServer, admin: Person
+) -> None:
+    """It is in the history's gap: ready counts it, and the resume replays it. The page counts it once."""
+    user = await new_user(server, f"max_{uuid.uuid4().hex[:6]}")
+    live = await open_page(browser, contexts)
+    page = live.page
+    admin_token = await api_token(server, admin)
+    await api_post(server, admin_token, "/notifications", {"title": "before", "body": "", "user_ids": [user.id]})
+
+    async def history_then_send(route: Route) -> None:
+        """The history is read; then, before the page has it (and before its socket is open), one more is sent."""
+        response = await route.fetch()
+        await api_post(
+            server, admin_token, "/notifications", {"title": "in the gap", "body": "", "user_ids": [user.id]}
+        )
+        await route.fulfill(response=response)
+
+    await page.route(re.compile(r"/api/v1/notifications\?limit=\d+$"), history_then_send, times=1)
+    # Every value the counter shows, in order: it must never show a wrong one, even for a moment.
+    await page.add_init_script(
+        """addEventListener("DOMContentLoaded", () => {
+            const unread = document.getElementById("unread");
+            window.unreadShown = [];
+            new MutationObserver(() => window.unreadShown.push(unread.textContent))
+                .observe(unread, { childList: true, characterData: true, subtree: true });
+        });"""
+    )
+    await page.goto(f"{server.url}/")
+    async with page.expect_response(re.compile(r"/api/v1/notifications/unread-count$")) as recount:
+        await live_login(live, user)
+    assert (await (await recount.value).json()) == {"unread": 2}
+    items = page.locator("#notifications li")
+    await expect(items.locator("h3")).to_have_text(["in the gap", "before"])
+    await expect(page.locator("#unread")).to_have_text("2")
+    user_token = await api_token(server, user)
+    assert await unread_of(server, user_token) == 2
+    assert set(await page.evaluate("() => window.unreadShown")) == {"0", "2"}
+    # Live ones count again after that.
+    await api_post(server, admin_token, "/notifications", {"title": "after", "body": "", "user_ids": [user.id]})
+    await expect(items.locator("h3").first).to_have_text("after")
+    await expect(page.locator("#unread")).to_have_text("3")
     live.assert_clean()

@@ -21,6 +21,9 @@ EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
     ("post", f"{API}/auth/refresh"): {400, 401, 413, 422},
     ("post", f"{API}/auth/logout"): {400, 401, 413, 422},
     ("post", f"{API}/auth/logout-all"): {401},
+    ("post", f"{API}/auth/page/login"): {400, 401, 403, 413, 422, 429},
+    ("post", f"{API}/auth/page/refresh"): {401, 403},
+    ("post", f"{API}/auth/page/logout"): {403},
     ("get", f"{API}/users/me"): {401},
     ("patch", f"{API}/users/me"): {400, 401, 403, 409, 413, 422},
     ("get", f"{API}/users"): {401, 403, 422},
@@ -32,6 +35,8 @@ AUTHENTICATED = {key for key in EXPECTED_ERRORS if 401 in EXPECTED_ERRORS[key] a
     ("post", f"{API}/auth/logout"),
     ("post", f"{API}/auth/logout-all"),
 }
+# The live page's session endpoints that read its refresh cookie.
+PAGE_SESSION = {("post", f"{API}/auth/page/refresh"), ("post", f"{API}/auth/page/logout")}
 ERROR_REF = {"$ref": "#/components/schemas/ErrorSchema"}
 
 
@@ -57,6 +62,12 @@ async def test_document_basics(spec: dict[str, Any]) -> None:
         "scheme": "bearer",
         "bearerFormat": "JWT",
     }
+    page_session = spec["components"]["securitySchemes"]["pageSession"]
+    assert {key: page_session[key] for key in ("type", "in", "name")} == {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "tidings_refresh",
+    }
     error = spec["components"]["schemas"]["ErrorSchema"]
     assert error["required"] == ["error"]
 
@@ -78,6 +89,24 @@ async def test_the_websocket_endpoint_points_to_its_protocol(spec: dict[str, Any
     operation = spec["paths"][f"{API}/ws"]["get"]
     assert "docs/websocket.md" in operation["description"]
     assert {"101", "401", "403"} <= set(operation["responses"])
+    # Marked as an upgrade, which the docs page offers no "Try it out" for; nothing else is.
+    assert operation["x-websocket"] is True
+    marked = [
+        (path, method) for path, ops in spec["paths"].items() for method, op in ops.items() if "x-websocket" in op
+    ]
+    assert marked == [(f"{API}/ws", "get")]
+
+
+async def test_the_page_session_endpoints_document_their_csrf_header(spec: dict[str, Any]) -> None:
+    for action in ("login", "refresh", "logout"):
+        operation = spec["paths"][f"{API}/auth/page/{action}"]["post"]
+        (header,) = operation["parameters"]
+        assert header["in"] == "header" and header["name"] == "X-Requested-With" and header["required"] is True
+        assert "X-Requested-With" in operation["responses"]["403"]["description"]
+    refresh = spec["paths"][f"{API}/auth/page/refresh"]["post"]
+    assert refresh["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/AccessToken")
+    assert "204" in refresh["responses"]
+    assert "refresh_token" not in spec["components"]["schemas"]["AccessToken"]["properties"]
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(EXPECTED_ERRORS))
@@ -93,6 +122,8 @@ async def test_each_endpoint_documents_its_errors(spec: dict[str, Any], method: 
         assert response["content"]["application/json"]["schema"] == ERROR_REF
     if (method, path) in AUTHENTICATED:
         assert operation["security"] == [{"bearerAuth": []}]
+    elif (method, path) in PAGE_SESSION:
+        assert operation["security"] == [{"pageSession": []}]
     else:
         assert "security" not in operation
 
@@ -166,13 +197,15 @@ async def test_swagger_ui_page(client: TestClient[Any, Any]) -> None:
     assert "/api/docs/openapi.json" in page
     assert "<title>tidings API</title>" in page
     assert "swagger-ui-bundle.js" in page
+    assert "plugins: [SwaggerUIBundle.plugins.DownloadUrl, NoTryItOutForWebSockets]" in page
     script = await client.get("/api/docs/static/swagger-ui-bundle.js")
     assert script.status == 200
     assert len(await script.read()) > 100_000
 
 
 async def test_swagger_ui_renders_in_a_browser(client: TestClient[Any, Any]) -> None:
-    """The page's scripts run (its Content-Security-Policy allows them) and it shows the API's operations."""
+    """The page's scripts run (its Content-Security-Policy allows them) and it shows the API's operations; the
+    WebSocket's operation, opened, has no "Try it out" (a plain GET of it is no upgrade), and the others do."""
     assert HAVE_CHROMIUM, "make test installs chromium; run scripts/install-system.sh --browser"
     blocked: list[str] = []
     async with async_playwright() as playwright:
@@ -184,6 +217,16 @@ async def test_swagger_ui_renders_in_a_browser(client: TestClient[Any, Any]) -> 
             operation = page.locator(".opblock-summary-path", has_text=f"{API}/auth/register")
             await operation.first.wait_for(timeout=15_000)
             assert await page.locator(".opblock").count() >= len(EXPECTED_ERRORS)
+
+            for path, offered in ((f"{API}/ws", False), (f"{API}/auth/register", True)):
+                block = page.locator(".opblock").filter(
+                    has=page.locator(".opblock-summary-path").get_by_text(path, exact=True)
+                )
+                await block.locator(".opblock-summary-control").click()
+                # The opened operation shows its description (and its responses) either way.
+                await block.locator(".opblock-body .responses-wrapper").wait_for(timeout=15_000)
+                try_it_out = block.get_by_role("button", name="Try it out")
+                assert await try_it_out.count() == (1 if offered else 0), path
         finally:
             await browser.close()
     assert not [message for message in blocked if "Content Security Policy" in message], blocked

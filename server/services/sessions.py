@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from beanie import PydanticObjectId
@@ -34,6 +34,10 @@ class TokenPair:
             "token_type": "bearer",
             "expires_in": self.expires_in,
         }
+
+    def access_body(self) -> dict[str, str | int]:
+        """The pair without its refresh token: what the live page reads (its refresh token travels in a cookie)."""
+        return {"access_token": self.access_token, "token_type": "bearer", "expires_in": self.expires_in}
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,13 @@ class SessionService:
             expires_in=self.tokens.ttl["access"],
         )
 
-    async def refresh(self, refresh_token: str) -> TokenPair:
-        """Exchange a refresh token for a new pair. A token that was already rotated revokes its whole family."""
+    async def refresh(self, refresh_token: str, *, rotate: bool = True) -> TokenPair:
+        """Exchange a refresh token for a new pair. A token that was already rotated revokes its whole family.
+
+        Without `rotate` (the live page's HttpOnly cookie, docs/security.md) only the access token is new: the
+        refresh token stays the session's current one, checked the same way, so that a copy of it rotated through
+        the JSON API turns the page's next use into a reuse, which ends the session.
+        """
         try:
             claims = self.tokens.decode("refresh", refresh_token)
         except InvalidTokenError:
@@ -120,11 +129,12 @@ class SessionService:
         user = await User.get(user_id)
         if user is None or not user.is_active or user.token_version != claims.version:
             raise InvalidToken("The refresh token is no longer valid.")
-        new_jti = uuid.uuid4().hex
+        new_jti = uuid.uuid4().hex if rotate else claims.jti
         now = datetime.now(UTC)
         # Compare-and-set on the current jti, under the session's lock (FerretDB's updates are not atomic on
         # their own): of two uses of one token exactly one rotates, and the other revokes the family. A session
-        # ends at its expiry, although the refresh tokens rotated later expire after it.
+        # ends at its expiry, although the refresh tokens rotated later expire after it. Matched, not modified:
+        # without rotation only last_used_at changes, and two uses within its millisecond change nothing.
         async with self.locks.hold(f"session:{session_id}"):
             result = await Session.find_one(
                 {
@@ -135,20 +145,27 @@ class SessionService:
                     "expires_at": {"$gt": now},
                 }
             ).update({"$set": {"refresh_jti": new_jti, "last_used_at": now}})
-        if isinstance(result, UpdateResult) and result.modified_count == 1:
-            return self._pair(user, claims.session_id, new_jti)
+        if isinstance(result, UpdateResult) and result.matched_count == 1:
+            pair = self._pair(user, claims.session_id, new_jti)
+            return pair if rotate else replace(pair, refresh_token=refresh_token)
         await self.revoke(session_id)
         raise InvalidToken("The refresh token was already used; this session is revoked.")
 
     async def logout(self, refresh_token: str, caller_user_id: str, caller_session_id: str) -> None:
         """End the caller's session and the session of the given refresh token, if it is the caller's."""
+        await self.end(refresh_token, owner=caller_user_id)
+        await self.revoke(parse_object_id(caller_session_id))
+
+    async def end(self, refresh_token: str, *, owner: str | None = None) -> None:
+        """End the session a refresh token belongs to (with `owner`, only if it is that user's). A token this
+        server did not sign, or one past its expiry, ends nothing: its session cannot be refreshed anyway. A token
+        that was rotated away still names its session, which ends, as a reuse in `refresh` would end it."""
         try:
             claims = self.tokens.decode("refresh", refresh_token)
         except InvalidTokenError:
-            claims = None
-        if claims is not None and claims.user_id == caller_user_id:
+            return
+        if owner is None or claims.user_id == owner:
             await self.revoke(parse_object_id(claims.session_id))
-        await self.revoke(parse_object_id(caller_session_id))
 
     async def revoke(self, session_id: PydanticObjectId | None) -> None:
         if session_id is None:
