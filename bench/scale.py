@@ -24,7 +24,8 @@ What it does, against a database and Redis prefix of its own (tests/launcher.py'
    times and the FerretDB and server CPU time per operation (from /proc/PID/stat; FerretDB's pid is found by its
    port; it is shared, so its CPU includes whatever else runs against it meanwhile); `--json` writes it all.
 
-Operations (in this order at each size): login; GET /users/me; the first page of GET /notifications (limit=20); a
+Operations (in this order at each size): the floor, a GET of a constant JSON from bench/bare_app.py (a bare aiohttp
+server started beside tidings, no database); login; GET /users/me; the first page of GET /notifications (limit=20); a
 page deep in the probe's history (before= its 25th oldest notification); unread-count; a WebSocket connect until
 "ready"; a "resume" that replays the 100 newest notifications (timed from the resume to the 100th frame, on one
 socket per size); the admin's user search by email prefix (GET /api/v1/users?q=...); the panel's notification log
@@ -87,6 +88,7 @@ from bench.common import (
     percentile,
     pid_listening_on,
     run_interruptible,
+    script_server,
     tidings_server,
 )
 from tests.launcher import HOST, MONGODB_URL, Isolation, ServerProcess
@@ -829,9 +831,10 @@ class SizeResult:
 class Bench:
     """The server, its clients and tokens, and the operations measured against it."""
 
-    def __init__(self, args: argparse.Namespace, server: ServerProcess, seeder: Seeder) -> None:
+    def __init__(self, args: argparse.Namespace, server: ServerProcess, seeder: Seeder, bare: ServerProcess) -> None:
         self.args = args
         self.server = server
+        self.bare = bare
         self.seeder = seeder
         self.probe = seeder.probe
         self.rng = random.Random(args.seed + 1)
@@ -849,6 +852,7 @@ class Bench:
         self.recipients: Iterator[ObjectId] = itertools.cycle(recipients)
         self.restarts: list[str] = []
         self.ops = [
+            Op("bare", "bare aiohttp: GET, a constant JSON (the floor)", self.op_bare),
             Op("login", "login (POST /auth/login)", self.op_login),
             Op("me", "GET /users/me", self.op_me),
             Op("first_page", "GET /notifications, first page (limit=20)", self.op_first_page),
@@ -940,6 +944,14 @@ class Bench:
             raise CheckFailed(f"the page is not what was seeded: {ids[:3]}... instead of {list(expected)[-3:]}...")
 
     # The operations: each times only its own request(s) with the Timer, after any set-up it needs
+
+    async def op_bare(self, timer: Timer) -> None:
+        """The same client and machine against bench/bare_app.py: what a request costs with nothing behind it."""
+        with timer:
+            async with self.client().get(f"{self.bare.url}{API}/users/me") as response:
+                body = await response.json()
+        if response.status != 200 or "id" not in body:
+            raise CheckFailed(f"the bare server answered {response.status}")
 
     async def op_login(self, timer: Timer) -> None:
         with timer:
@@ -1292,6 +1304,7 @@ async def run_sizes(args: argparse.Namespace) -> int:
     isolation = Isolation.new("bench", "scale")
     extra = {} if args.mongodb_timeout is None else {"MONGODB_TIMEOUT": str(args.mongodb_timeout)}
     server = tidings_server("tidings-scale", isolation, log_dir, access_log=args.access_log, **extra)
+    bare = script_server("bare-scale", Path(__file__).with_name("bare_app.py"), log_dir, "/")
     mongo: AsyncMongoClient[Doc] = AsyncMongoClient(
         isolation.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=10_000, socketTimeoutMS=300_000
     )
@@ -1301,6 +1314,7 @@ async def run_sizes(args: argparse.Namespace) -> int:
     complete = False
     log(f"database {isolation.db}, Redis prefix {isolation.prefix}, logs in {log_dir}")
     try:
+        await bare.launch()
         await server.launch()  # creates the collections and their indexes: seeding fills them as the app has them
         db = mongo[isolation.db]
         settings = Settings.from_env(server.env)
@@ -1314,7 +1328,7 @@ async def run_sizes(args: argparse.Namespace) -> int:
         log(f"seeding {args.users:,} users, the admin and the probe's {PROBE_HISTORY} notifications")
         pending = await seeder.step(seeder.start(args.users))  # shown in the first size's column
         await seeder.validate()
-        bench = Bench(args, server, seeder)
+        bench = Bench(args, server, seeder, bare)
         await bench.open_clients()
         info = await db.client.admin.command("buildInfo")
         meta = {
@@ -1359,6 +1373,7 @@ async def run_sizes(args: argparse.Namespace) -> int:
             if args.json:
                 write_json(args.json, results_json(meta, sizes))
         server.stop()
+        bare.stop()
         if args.keep:
             log(f"kept database {isolation.db} and Redis prefix {isolation.prefix} (--keep)")
         else:

@@ -58,6 +58,8 @@ class BroadcastState:
     floor: PydanticObjectId
     read_ids: frozenset[PydanticObjectId]
     direct_through: PydanticObjectId | None = None
+    # Receipts stored, read_ids or not (one marked read during a read-all may lie at or below the floor).
+    receipts: int = 0
 
     def is_read(self, notification: Notification) -> bool:
         assert notification.id is not None
@@ -113,7 +115,7 @@ async def _inbox_and_state(user_id: PydanticObjectId) -> tuple[Inbox | None, Bro
     watermark = inbox.broadcasts_read_through if inbox else None
     floor = max(user_id, watermark) if watermark is not None else user_id
     read_ids = frozenset(receipt.notification_id for receipt in receipts if receipt.notification_id > floor)
-    return inbox, BroadcastState(floor, read_ids, inbox.direct_read_through if inbox else None)
+    return inbox, BroadcastState(floor, read_ids, inbox.direct_read_through if inbox else None, len(receipts))
 
 
 def _id_of(notification: Notification) -> PydanticObjectId:
@@ -369,11 +371,15 @@ class NotificationService:
             if changes:
                 await upsert(Inbox.get_pymongo_collection(), user_id, {"$set": changes})
             if broadcasts_read:
-                await self.read_tallies.coverage(read_before, index.made)
-                # The watermark now counts the broadcasts read one by one above the old floor.
-                if state.read_ids:
-                    await self.read_tallies.receipts(dict.fromkeys(state.read_ids, -1))
-                await BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$lte": watermark}}).delete()
+                # Once the watermark is stored: its coverage, and the receipts it makes redundant, at once.
+                await asyncio.gather(
+                    self.read_tallies.coverage(read_before, index.made),
+                    # The watermark now counts the broadcasts read one by one above the old floor.
+                    self.read_tallies.receipts(dict.fromkeys(state.read_ids, -1)),
+                    BroadcastReceipt.find({"user_id": user_id, "notification_id": {"$lte": watermark}}).delete()
+                    if state.receipts
+                    else asyncio.sleep(0),
+                )
         if unread:
             self.read_cleanup.request(user_id)
 
