@@ -103,6 +103,8 @@ class Inbox(Document):
     # Direct notifications with an id up to this one are read (read-all); each is also marked read by itself soon
     # after (NotificationService.clear_read), which is what unread queries select by.
     direct_read_through: PydanticObjectId | None = None
+    # Set by a read-all, unset once its clean-up has marked them all: reads that see it ask for the clean-up again.
+    clearing: bool = False
     # The newest page opened (its marker is stored first), and the lowest page there can be: pages the start-up
     # backfill gave to notifications stored before inbox pages existed are -1, -2, ...
     top_page: int | None = None

@@ -535,6 +535,8 @@ async def test_read_all_is_one_write_and_its_clean_up_marks_each_once(
     await service.read_cleanup.join()
     stored = await Notification.find({"recipient_id": PydanticObjectId(user.id)}).to_list()
     assert all(n.unread_by is None and n.read_at is not None for n in stored)
+    marked = await Inbox.get(PydanticObjectId(user.id))
+    assert marked is not None and not marked.clearing
     # Sent after the read-all: unread, and a second read-all covers it.
     late = await send_one(client, admin, user, title="late")
     assert await unread(client, user) == 1

@@ -60,6 +60,8 @@ class BroadcastState:
     direct_through: PydanticObjectId | None = None
     # Receipts stored, read_ids or not (one marked read during a read-all may lie at or below the floor).
     receipts: int = 0
+    # A read-all's clean-up has not finished (Inbox.clearing).
+    clearing: bool = False
 
     def is_read(self, notification: Notification) -> bool:
         assert notification.id is not None
@@ -115,7 +117,13 @@ async def _inbox_and_state(user_id: PydanticObjectId) -> tuple[Inbox | None, Bro
     watermark = inbox.broadcasts_read_through if inbox else None
     floor = max(user_id, watermark) if watermark is not None else user_id
     read_ids = frozenset(receipt.notification_id for receipt in receipts if receipt.notification_id > floor)
-    return inbox, BroadcastState(floor, read_ids, inbox.direct_read_through if inbox else None, len(receipts))
+    return inbox, BroadcastState(
+        floor,
+        read_ids,
+        inbox.direct_read_through if inbox else None,
+        len(receipts),
+        inbox.clearing if inbox else False,
+    )
 
 
 def _id_of(notification: Notification) -> PydanticObjectId:
@@ -313,14 +321,17 @@ class NotificationService:
         return [n.public(state.is_read(n)) for n in found]
 
     async def unread_count(self, user_id: PydanticObjectId) -> int:
-        # The unread documents themselves (a count decodes them too on FerretDB): a read-all covers some for a
-        # moment, until clear_read marks them.
-        found, state, index = await asyncio.gather(
-            Notification.find({"unread_by": user_id}).to_list(), self.broadcast_state(user_id), self.broadcasts.index()
+        state, index = await asyncio.gather(self.broadcast_state(user_id), self.broadcasts.index())
+        if state.clearing:
+            self.read_cleanup.request(user_id)
+        # Those a read-all covered are read already, though still marked unread until its clean-up is done.
+        query: dict[str, Any] = {"unread_by": user_id}
+        if state.direct_through is not None:
+            query["_id"] = {"$gt": state.direct_through}
+        direct, read_through_floor = await asyncio.gather(
+            Notification.find(query).count(), self.broadcasts.count_through(index, state.floor)
         )
-        direct = self._still_unread(user_id, state, found)
-        read_broadcasts = await self.broadcasts.count_through(index, state.floor) + len(state.read_ids)
-        return len(direct) + max(index.made - read_broadcasts, 0)
+        return int(direct) + max(index.made - read_through_floor - len(state.read_ids), 0)
 
     async def mark_read(self, user_id: PydanticObjectId, notification_id: str) -> None:
         oid = parse_object_id(notification_id)
@@ -351,25 +362,20 @@ class NotificationService:
 
     async def mark_all_read(self, user_id: PydanticObjectId) -> None:
         """Everything the user has now is read: two watermarks in the Inbox (one write), whatever the number of
-        notifications; the direct ones are then marked one by one in the background (clear_read), which tallies
-        them for the senders' read counts."""
+        notifications, and none of them read; the direct ones are then marked one by one in the background
+        (clear_read), which tallies them for the senders' read counts.
+
+        The direct watermark is an id made now: ids follow creation across processes (documents/ids.py), so it
+        covers every direct notification sent before the read-all, one stored a moment later included."""
         async with self.locks.hold(inbox_lock(user_id)):
-            state, index, unread = await asyncio.gather(
-                self.broadcast_state(user_id),
-                self.broadcasts.index(),
-                Notification.find({"unread_by": user_id}).to_list(),
-            )
-            changes: dict[str, Any] = {}
-            newest_direct = max((_id_of(n) for n in unread if not state.is_read(n)), default=None)
-            if newest_direct is not None:
-                changes["direct_read_through"] = newest_direct
+            state, index = await asyncio.gather(self.broadcast_state(user_id), self.broadcasts.index())
+            changes: dict[str, Any] = {"direct_read_through": new_id(), "clearing": True}
             watermark = index.newest_id
             broadcasts_read = watermark is not None and watermark > state.floor
             if broadcasts_read:
                 changes["broadcasts_read_through"] = watermark
                 read_before = await self.broadcasts.count_through(index, state.floor)
-            if changes:
-                await upsert(Inbox.get_pymongo_collection(), user_id, {"$set": changes})
+            await upsert(Inbox.get_pymongo_collection(), user_id, {"$set": changes})
             if broadcasts_read:
                 # Once the watermark is stored: its coverage, and the receipts it makes redundant, at once.
                 await asyncio.gather(
@@ -380,8 +386,7 @@ class NotificationService:
                     if state.receipts
                     else asyncio.sleep(0),
                 )
-        if unread:
-            self.read_cleanup.request(user_id)
+        self.read_cleanup.request(user_id)
 
     async def clear_read(self, user_id: PydanticObjectId) -> None:
         """Mark read, one by one, the direct notifications a read-all covered, and tally each one marked; run in
@@ -395,6 +400,8 @@ class NotificationService:
             through = inbox.direct_read_through if inbox else None
             covered = [n for n in found if through is not None and _id_of(n) <= through]
             if not covered:
+                if inbox is not None and inbox.clearing:
+                    await inbox.set({Inbox.clearing: False})
                 return
             now = datetime.now(UTC)
             collection = Notification.get_pymongo_collection()
@@ -414,6 +421,7 @@ class NotificationService:
             )
             if by_dispatch:
                 await self.read_tallies.direct_read(by_dispatch)
+            await Inbox.get_pymongo_collection().update_one({"_id": user_id}, {"$set": {"clearing": False}})
 
     async def forget_user(self, user_id: PydanticObjectId) -> None:
         """Delete what is kept for one user: their notifications, broadcast receipts, inbox and its pages.
