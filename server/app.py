@@ -54,7 +54,7 @@ from tidings.server.realtime.hub import Hub
 from tidings.server.services.accounts import AccountService
 from tidings.server.services.audit import AuditLog
 from tidings.server.services.authenticator import Authenticator
-from tidings.server.services.broadcasts import Broadcasts
+from tidings.server.services.broadcasts import Broadcasts, IndexCache
 from tidings.server.services.dispatch_log import DispatchLog
 from tidings.server.services.inbox_pages import InboxPages
 from tidings.server.services.migrations import MIGRATIONS_TIMEOUT, run_migrations
@@ -156,11 +156,20 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     # process holds the backfill, the background task below finishes it should that process stop).
     await dispatch_log.backfill()
     inbox_numbering = RedisInboxNumbering(redis, settings.redis_prefix) if redis is not None else MemoryInboxNumbering()
+    index_cache = IndexCache(app[broker_key])
     notifications = NotificationService(
-        app[broker_key], audit, locks, Broadcasts(locks), read_counts, dispatch_log, InboxPages(inbox_numbering, locks)
+        app[broker_key],
+        audit,
+        locks,
+        Broadcasts(locks, index_cache),
+        read_counts,
+        dispatch_log,
+        InboxPages(inbox_numbering, locks),
     )
     app[notifications_key] = notifications
-    app[retention_key] = Retention(settings.notification_retention_days, locks, read_counts.forget)
+    app[retention_key] = Retention(
+        settings.notification_retention_days, locks, read_counts.forget, index_changed=index_cache.drop
+    )
     app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit, locks)
     hub = Hub(settings, app[broker_key], notifications, authenticator)
     app[hub_key] = hub

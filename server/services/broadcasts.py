@@ -10,25 +10,76 @@ id reads the index and one or two pages (at most BROADCAST_PAGE_SIZE documents e
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from beanie import PydanticObjectId
 
 from tidings.documents import BroadcastIndex, Notification
 from tidings.documents.ids import new_id
 from tidings.documents.notification import BROADCAST_PAGE_SIZE, BROADCASTS_ID
+from tidings.server.adapters.broker import Broker
+from tidings.server.adapters.codecs import NOTIFY_TOPIC
 from tidings.server.adapters.locks import Locks
 
 BROADCASTS_LOCK = "broadcasts"
+# Retention changes the index (first_kept) without a publish: a cached copy is read again after this long.
+INDEX_CACHE_SECONDS = 1.0
+
+
+class IndexCache:
+    """The broadcast index as this process last read it: every inbox read, unread count and replay needs it, and a
+    reconnect storm read it once per user (8% of the server's CPU, through pymongo).
+
+    Trusted only while the broker is connected, so that the publish of every new broadcast reaches this process and
+    drops the copy first: a replay that starts after a broadcast's live frame arrived reads the index afresh, and
+    one that starts before holds that frame back and sends it after (realtime/hub.py). A read that began before a
+    drop is not kept.
+    """
+
+    def __init__(self, broker: Broker, ttl: float = INDEX_CACHE_SECONDS) -> None:
+        self._broker = broker
+        self._ttl = ttl
+        self._index: BroadcastIndex | None = None
+        self._read_at = 0.0
+        self._drops = 0
+        broker.subscribe(NOTIFY_TOPIC, self._on_notify)
+        broker.on_connect(self.drop)
+        broker.on_disconnect(self.drop)
+
+    def drop(self) -> None:
+        self._index = None
+        self._drops += 1
+
+    def _on_notify(self, payload: bytes) -> None:
+        # A broadcast is delivered to no one in particular: [null, {...}] (codecs.encode_notifications).
+        if b"[null, " in payload:
+            self.drop()
+
+    async def get(self) -> BroadcastIndex:
+        if self._index is not None and self._broker.connected and time.monotonic() - self._read_at < self._ttl:
+            return self._index
+        drops, started = self._drops, time.monotonic()
+        index = await read_index()
+        if drops == self._drops and self._broker.connected:
+            self._index, self._read_at = index, started
+        return index
+
+
+async def read_index() -> BroadcastIndex:
+    return await BroadcastIndex.get(BROADCASTS_ID) or BroadcastIndex()
 
 
 @dataclass(frozen=True)
 class Broadcasts:
     locks: Locks
+    cache: IndexCache | None = field(default=None)
 
-    @staticmethod
-    async def index() -> BroadcastIndex:
-        return await BroadcastIndex.get(BROADCASTS_ID) or BroadcastIndex()
+    async def index(self, *, fresh: bool = False) -> BroadcastIndex:
+        """The index; a copy this process read recently unless `fresh` (writes of read state read it afresh)."""
+        if fresh or self.cache is None:
+            return await read_index()
+        return await self.cache.get()
 
     @staticmethod
     async def page(number: int) -> list[Notification]:
@@ -44,7 +95,7 @@ class Broadcasts:
         broadcast adopts, so numbers are never given twice.
         """
         async with self.locks.hold(BROADCASTS_LOCK):
-            index = await self.index()
+            index = await read_index()
             await self._adopt_uncounted(index)
             seq = index.made
             # A broadcast is its own dispatch: its read count is found from either id.
@@ -64,6 +115,8 @@ class Broadcasts:
 
     async def count_through(self, index: BroadcastIndex, oid: PydanticObjectId) -> int:
         """How many broadcasts have an id at or below `oid`, counting those retention deleted."""
+        if index.newest_id is not None and oid >= index.newest_id:
+            return index.made  # all of them (a read-all's floor): no page to read
         number = bisect.bisect_right(index.page_starts, oid) - 1
         if number < 0:
             return index.first_kept

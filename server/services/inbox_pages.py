@@ -209,6 +209,13 @@ class InboxPages:
         bounds = await self.bounds(user_id, inbox)
         if bounds is None:
             return []
+        # A resume usually comes after something recent: the top two pages, read first, often reach down to it.
+        numbers = list(range(bounds.top, max(bounds.top - 2, bounds.low - 1), -1))
+        pages, end = await self._read(user_id, numbers, bounds)
+        lowest = pages[-1] if end is None else []
+        if end is not None or numbers[-1] <= bounds.low or any(_id_of(n) <= after for n in lowest):
+            newer = sorted((n for page_read in pages for n in page_read if _id_of(n) > after), key=_id_of)
+            return newer[:limit]
         page = await self._page_holding(user_id, after, bounds)
         found: list[Notification] = []
         width = pages_for(limit)

@@ -368,7 +368,7 @@ class NotificationService:
         The direct watermark is an id made now: ids follow creation across processes (documents/ids.py), so it
         covers every direct notification sent before the read-all, one stored a moment later included."""
         async with self.locks.hold(inbox_lock(user_id)):
-            state, index = await asyncio.gather(self.broadcast_state(user_id), self.broadcasts.index())
+            state, index = await asyncio.gather(self.broadcast_state(user_id), self.broadcasts.index(fresh=True))
             changes: dict[str, Any] = {"direct_read_through": new_id(), "clearing": True}
             watermark = index.newest_id
             broadcasts_read = watermark is not None and watermark > state.floor

@@ -36,6 +36,8 @@ class Retention:
     locks: Locks
     # Forgets what is kept about deleted dispatches elsewhere (their read counts).
     forget_dispatches: Callable[[Sequence[PydanticObjectId]], Awaitable[None]]
+    # Told when the broadcast index changed (this process's copy goes; the others' expire within a second).
+    index_changed: Callable[[], None] = lambda: None
 
     async def purge(self, *, today: int | None = None) -> int:
         """Delete what was made more than `days` days before `today`; the number of documents deleted."""
@@ -82,6 +84,7 @@ class Retention:
             index = await BroadcastIndex.get(BROADCASTS_ID)
             if index is not None and index.first_kept < first_kept:
                 await index.set({BroadcastIndex.first_kept: first_kept})
+                self.index_changed()
 
 
 async def _batches(model: type[Any], day: int) -> list[list[Any]]:
