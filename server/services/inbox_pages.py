@@ -210,22 +210,23 @@ class InboxPages:
         if bounds is None:
             return []
         # A resume usually comes after something recent: the top two pages, read first, often reach down to it.
-        numbers = list(range(bounds.top, max(bounds.top - 2, bounds.low - 1), -1))
-        pages, end = await self._read(user_id, numbers, bounds)
-        lowest = pages[-1] if end is None else []
-        if end is not None or numbers[-1] <= bounds.low or any(_id_of(n) <= after for n in lowest):
-            newer = sorted((n for page_read in pages for n in page_read if _id_of(n) > after), key=_id_of)
-            return newer[:limit]
+        top = list(range(bounds.top, max(bounds.top - 2, bounds.low - 1), -1))
+        top_pages, end = await self._read(user_id, top, bounds)
+        at_top = [n for page_read in top_pages for n in page_read if _id_of(n) > after]
+        lowest = top_pages[-1] if end is None else []
+        if end is not None or top[-1] <= bounds.low or any(_id_of(n) <= after for n in lowest):
+            return sorted(at_top, key=_id_of)[:limit]
+        # Further back: from the page that holds its place up to those read already.
         page = await self._page_holding(user_id, after, bounds)
         found: list[Notification] = []
         width = pages_for(limit)
-        while page <= bounds.top:
-            numbers = list(range(page, min(page + width, bounds.top + 1)))
+        while page < top[-1] and len(found) < limit:
+            numbers = list(range(page, min(page + width, top[-1])))
             pages, _ = await self._read(user_id, numbers, bounds)  # an end below the oldest kept page is passed
             found += [n for page_read in pages for n in page_read if _id_of(n) > after]
-            if len(found) >= limit:
-                break
             page, width = numbers[-1] + 1, pages_for(limit - len(found))
+        if len(found) < limit:
+            found += at_top
         found.sort(key=_id_of)
         return found[:limit]
 
