@@ -117,6 +117,7 @@ from tidings.documents.ids import new_id
 from tidings.documents.notification import BROADCAST_PAGE_SIZE, INBOX_PAGE_SIZE, inbox_page_key
 from tidings.documents.user import email_key, search_keys_for, username_key
 from tidings.handlers.admin.cookies import SESSION_COOKIE
+from tidings.server.adapters.tasks import gather_bounded
 from tidings.server.settings import Settings
 
 Doc = dict[str, Any]
@@ -487,18 +488,12 @@ class Seeder:
         await self.db[CoverageSummary.Settings.name].replace_one({"_id": "summary"}, summary, upsert=True)
         self.new_coverage = []
         inboxes = self.db[Inbox.Settings.name]
-        opened = list(self.inbox_pages_opened)
-        for start in range(0, len(opened), 32):
-            await asyncio.gather(
-                *(
-                    inboxes.update_one(
-                        {"_id": user},
-                        {"$max": {"top_page": (self.inbox_numbers[user] - 1) // INBOX_PAGE_SIZE}},
-                        upsert=True,
-                    )
-                    for user in opened[start : start + 32]
-                )
+        await gather_bounded(
+            inboxes.update_one(
+                {"_id": user}, {"$max": {"top_page": (self.inbox_numbers[user] - 1) // INBOX_PAGE_SIZE}}, upsert=True
             )
+            for user in self.inbox_pages_opened
+        )
         self.inbox_pages_opened = set()
         if self.isolation.redis_url:
             client = aioredis.Redis.from_url(self.isolation.redis_url)
@@ -674,14 +669,10 @@ class Seeder:
             self.covered_through = self.made
         # Upserts: the server's own sends may have made some of these Inboxes (their inbox pages).
         inboxes = self.db[Inbox.Settings.name]
-        watermarked = list(self.watermarked)
-        for start in range(0, len(watermarked), 32):
-            await asyncio.gather(
-                *(
-                    inboxes.update_one({"_id": oid}, {"$set": {"broadcasts_read_through": newest}}, upsert=True)
-                    for oid in watermarked[start : start + 32]
-                )
-            )
+        await gather_bounded(
+            inboxes.update_one({"_id": oid}, {"$set": {"broadcasts_read_through": newest}}, upsert=True)
+            for oid in self.watermarked
+        )
         self.inboxes_created = True
 
     async def start(self, users: int) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Reads or writes of one piece of work that run at once, so that one caller cannot take the whole MongoDB pool.
+CONCURRENCY = 16
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
@@ -23,6 +27,17 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=1.0)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def gather_bounded(awaitables: Iterable[Awaitable[T]], limit: int = CONCURRENCY) -> list[T]:
+    """Await all, at most `limit` at a time; the results in order."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(awaitable: Awaitable[T]) -> T:
+        async with semaphore:
+            return await awaitable
+
+    return list(await asyncio.gather(*(one(awaitable) for awaitable in awaitables)))
 
 
 K = TypeVar("K", bound=Hashable)

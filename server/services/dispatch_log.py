@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import pymongo
 from beanie import PydanticObjectId
@@ -46,16 +46,15 @@ from tidings.server.adapters.leases import Leases
 from tidings.server.adapters.locks import Locks
 from tidings.server.adapters.numbering import Numbering, NumberingUnavailable
 from tidings.server.adapters.pagination import parse_cursor
+from tidings.server.adapters.tasks import gather_bounded
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 DIRECTORY_LOCK = "dispatch_log"
 BACKFILL_LEASE = "dispatch-log-backfill"
 # The backfill's one long read (every dispatch without a page) may take this long; its lease outlives two of them.
 BACKFILL_READ_TIMEOUT = 300.0
-CONCURRENCY = 16
 # The longest an id is made before its number is taken, with the clocks of two hosts apart: the margin of every
 # page bound (ask the lead to call assign right after the id is made).
 RACE_SECONDS = 60.0
@@ -167,16 +166,6 @@ def newest_of(found: Iterable[Dispatch], limit: int) -> tuple[list[Dispatch], st
 def _id_of(dispatch: Dispatch) -> PydanticObjectId:
     assert dispatch.id is not None
     return dispatch.id
-
-
-async def _bounded(awaitables: Iterable[Awaitable[T]], limit: int = CONCURRENCY) -> list[T]:
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(awaitable: Awaitable[T]) -> T:
-        async with semaphore:
-            return await awaitable
-
-    return list(await asyncio.gather(*(one(awaitable) for awaitable in awaitables)))
 
 
 @dataclass
@@ -332,7 +321,7 @@ class DispatchLog:
                 await lease.renew()
                 # Older pages hold older dispatches: the newest of this one bounds them (no race here).
                 await self._record_page(page, min(chunk), max(chunk))
-                await _bounded(collection.update_one({"_id": oid}, {"$set": {"log_page": page}}) for oid in chunk)
+                await gather_bounded(collection.update_one({"_id": oid}, {"$set": {"log_page": page}}) for oid in chunk)
                 page -= 1
             await lease.renew()
             async with self._locks.hold(DIRECTORY_LOCK):

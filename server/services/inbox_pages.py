@@ -29,9 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from beanie import PydanticObjectId
 from pymongo.errors import DuplicateKeyError
@@ -41,12 +40,9 @@ from tidings.documents.notification import INBOX_PAGE_SIZE, inbox_page_key, page
 from tidings.server.adapters.db import upsert
 from tidings.server.adapters.locks import Locks
 from tidings.server.adapters.numbering import InboxNumbering, NumberingUnavailable
+from tidings.server.adapters.tasks import gather_bounded
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-CONCURRENCY = 16
 
 
 def inbox_lock(user_id: PydanticObjectId) -> str:
@@ -62,16 +58,6 @@ def restart_value(top_page: int | None) -> int:
 def pages_for(limit: int) -> int:
     """How many pages to read at once for `limit` notifications: enough to hold them, and one more."""
     return -(-limit // INBOX_PAGE_SIZE) + 1
-
-
-async def _bounded(awaitables: Iterable[Awaitable[T]], limit: int = CONCURRENCY) -> list[T]:
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(awaitable: Awaitable[T]) -> T:
-        async with semaphore:
-            return await awaitable
-
-    return list(await asyncio.gather(*(one(awaitable) for awaitable in awaitables)))
 
 
 def _id_of(notification: Notification) -> PydanticObjectId:
@@ -107,7 +93,7 @@ class InboxPages:
                 numbered = await self.numbering.assign([(str(n.recipient_id), str(_id_of(n))) for n in pending])
             except NumberingUnavailable as exc:
                 log.warning("inbox counters unavailable, using the top pages: %s", exc)
-                await _bounded(self._to_top_page(n) for n in pending)
+                await gather_bounded(self._to_top_page(n) for n in pending)
                 return
             openings: list[Notification] = []
             missing: list[Notification] = []
@@ -122,9 +108,9 @@ class InboxPages:
                 notification.inbox_page = inbox_page_key(notification.recipient_id, page)
                 if number % INBOX_PAGE_SIZE == 0:
                     openings.append(notification)
-            await _bounded(self._open(n) for n in openings)
+            await gather_bounded(self._open(n) for n in openings)
             # Counters that were gone restart above every opened page (one Inbox read each), then number again.
-            await _bounded(self._restart(user) for user in {n.recipient_id for n in missing if n.recipient_id})
+            await gather_bounded(self._restart(user) for user in {n.recipient_id for n in missing if n.recipient_id})
             pending = missing
         raise NumberingUnavailable("inbox counters keep disappearing")
 

@@ -25,7 +25,7 @@ from tidings.server.adapters.db import upsert
 from tidings.server.adapters.errors import NotFound, ValidationFailed
 from tidings.server.adapters.locks import Locks
 from tidings.server.adapters.pagination import parse_cursor
-from tidings.server.adapters.tasks import KeyedWork
+from tidings.server.adapters.tasks import KeyedWork, gather_bounded
 from tidings.server.services.audit import Actor, AuditLog
 from tidings.server.services.broadcasts import Broadcasts
 from tidings.server.services.dispatch_log import DispatchLog, DispatchStats, dispatch_page
@@ -405,17 +405,16 @@ class NotificationService:
                 return
             now = datetime.now(UTC)
             collection = Notification.get_pymongo_collection()
-            semaphore = asyncio.Semaphore(CLEAR_CONCURRENCY)
-
-            async def clear(notification: Notification) -> bool:
-                async with semaphore:
-                    result = await collection.update_one(
-                        {"_id": notification.id, "unread_by": user_id},
-                        {"$set": {"read_at": now, "unread_by": None}},
+            results = await gather_bounded(
+                (
+                    collection.update_one(
+                        {"_id": n.id, "unread_by": user_id}, {"$set": {"read_at": now, "unread_by": None}}
                     )
-                return bool(result.modified_count)
-
-            cleared = await asyncio.gather(*map(clear, covered))
+                    for n in covered
+                ),
+                CLEAR_CONCURRENCY,
+            )
+            cleared = [bool(result.modified_count) for result in results]
             by_dispatch = Counter(
                 n.dispatch_id for n, done in zip(covered, cleared, strict=True) if done and n.dispatch_id is not None
             )

@@ -40,9 +40,9 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import pymongo
 from beanie import Document, PydanticObjectId
@@ -62,10 +62,10 @@ from tidings.documents.dispatch_log import DISPATCH_LOG_ID
 from tidings.documents.notification import BROADCAST_PAGE_SIZE
 from tidings.documents.read_count import COVERAGE_SUMMARY_ID, FOLD_STATE_ID
 from tidings.server.adapters.leases import Lease, Leases
+from tidings.server.adapters.tasks import gather_bounded
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 FOLD_LEASE = "read-counts-fold"
 # A slot stays open this long: a count reads the slots not folded yet, about (grace + this) / this of them.
@@ -75,8 +75,6 @@ SLOT_CACHE_SECONDS = 1.0
 # FerretDB on SQLite refuses to delete more than about 32,000 documents at once. A slot of up to this many tallies is
 # deleted by one equality; a bigger one in batches of ids, each pass decoding the slot again.
 DELETE_BATCH = 20_000
-# Reads and writes one fold (or one count) has in flight at once.
-CONCURRENCY = 16
 # Log pages of dispatches each process remembers (a page never changes once given).
 PAGE_CACHE_SIZE = 20_000
 # A dispatch not found yet is looked for again this many times, this far apart (its send may not have stored it).
@@ -152,17 +150,6 @@ def unfolded_coverage(seq: int, tallies: Iterable[tuple[int, int, int]], *, summ
     return total
 
 
-async def _bounded(awaitables: Iterable[Awaitable[T]], limit: int = CONCURRENCY) -> list[T]:
-    """Await all, at most `limit` at a time, results in order."""
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(awaitable: Awaitable[T]) -> T:
-        async with semaphore:
-            return await awaitable
-
-    return list(await asyncio.gather(*(one(awaitable) for awaitable in awaitables)))
-
-
 def _id_of(document: Document) -> Any:
     assert document.id is not None
     return document.id
@@ -228,7 +215,7 @@ class ReadCounts:
         """Each dispatch's log page, from this process's memory or its document (None: not found, or no page)."""
         wanted = list(dispatch_ids)
         missing = [dispatch_id for dispatch_id in wanted if dispatch_id not in self._pages]
-        for dispatch_id, page in zip(missing, await _bounded(map(_page_of_dispatch, missing)), strict=True):
+        for dispatch_id, page in zip(missing, await gather_bounded(map(_page_of_dispatch, missing)), strict=True):
             if page is not None:
                 self._pages[dispatch_id] = page
                 if len(self._pages) > PAGE_CACHE_SIZE:
@@ -272,15 +259,15 @@ class ReadCounts:
         }
         # Tallies first, then counters (see the module's docstring).
         by_page, by_dispatch, covers = await asyncio.gather(
-            _bounded(ReadTally.find({"log_page": page}).to_list() for page in pages),
-            _bounded(ReadTally.find({"dispatch_id": dispatch_id}).to_list() for dispatch_id in unpaged),
+            gather_bounded(ReadTally.find({"log_page": page}).to_list() for page in pages),
+            gather_bounded(ReadTally.find({"dispatch_id": dispatch_id}).to_list() for dispatch_id in unpaged),
             self._unfolded_coverage_tallies() if seqs else _nothing(),
         )
         coverage_pages = sorted({seq // BROADCAST_PAGE_SIZE for seq in seqs.values()})
         counters, summary, coverage_documents = await asyncio.gather(
-            _bounded(ReadCounter.get(page) for page in pages),
+            gather_bounded(ReadCounter.get(page) for page in pages),
             CoverageSummary.get(COVERAGE_SUMMARY_ID) if seqs else _none(),
-            _bounded(CoveragePage.get(page) for page in coverage_pages),
+            gather_bounded(CoveragePage.get(page) for page in coverage_pages),
         )
         counter_of = dict(zip(pages, counters, strict=True))
         coverage_of = dict(zip(coverage_pages, coverage_documents, strict=True))
@@ -315,7 +302,7 @@ class ReadCounts:
         state = await FoldState.get(FOLD_STATE_ID)
         if state is None:
             return []
-        found = await _bounded(
+        found = await gather_bounded(
             CoverageTally.find({"fold_slot": slot}).to_list() for slot in range(state.next_fold, state.open_slot + 1)
         )
         return [tally for slot in found for tally in slot]
@@ -372,7 +359,7 @@ class ReadCounts:
             unplaced = [dispatch_id for dispatch_id, page in looked_up.items() if page is None]
             if unplaced and not await _backfilled():
                 # Stored without a page, or not at all: wait for the backfill if any of them exists.
-                exists = await _bounded(_page_of_dispatch(oid, tries=1, missing=-1) for oid in unplaced)
+                exists = await gather_bounded(_page_of_dispatch(oid, tries=1, missing=-1) for oid in unplaced)
                 if any(found != -1 for found in exists):
                     raise FoldPostponed("a dispatch stored before the log has no log page yet")
         by_page: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -385,7 +372,7 @@ class ReadCounts:
         if not pages:
             return
         with pymongo.timeout(self._step_timeout):
-            counters = await _bounded(ReadCounter.get(page) for page in pages)
+            counters = await gather_bounded(ReadCounter.get(page) for page in pages)
         await lease.renew()
         writes = []
         for page, counter in zip(pages, counters, strict=True):
@@ -398,7 +385,7 @@ class ReadCounts:
                 # The values and their mark in one update.
                 writes.append(counter.save())
         with pymongo.timeout(self._step_timeout):
-            await _bounded(writes)
+            await gather_bounded(writes)
 
     async def _fold_coverage(self, slot: int, covers: Sequence[CoverageTally], lease: Lease) -> None:
         changes = page_changes((tally.first_seq, tally.end_seq) for tally in covers)
@@ -407,7 +394,7 @@ class ReadCounts:
         pages = sorted(changes)
         with pymongo.timeout(self._step_timeout):
             found, summary = await asyncio.gather(
-                _bounded(CoveragePage.get(page) for page in pages), CoverageSummary.get(COVERAGE_SUMMARY_ID)
+                gather_bounded(CoveragePage.get(page) for page in pages), CoverageSummary.get(COVERAGE_SUMMARY_ID)
             )
         await lease.renew()
         writes = []
@@ -425,7 +412,7 @@ class ReadCounts:
             summary.applied_slot = slot
             writes.append(summary.save())
         with pymongo.timeout(self._step_timeout):
-            await _bounded(writes)
+            await gather_bounded(writes)
 
     async def _delete_slot(self, slot: int, tallies: Sequence[ReadTally], covers: Sequence[CoverageTally]) -> None:
         """Delete a folded slot's tallies: by equality, in batches of ids when there are many."""
@@ -444,7 +431,7 @@ class ReadCounts:
     async def forget(self, dispatch_ids: Sequence[PydanticObjectId]) -> None:
         """Delete the tallies of deleted dispatches (retention's forget_dispatches), by dispatch_id. Their entries
         in their log page's counter stay: a few bytes each, never read again (the log no longer lists them)."""
-        await _bounded(ReadTally.find({"dispatch_id": dispatch_id}).delete() for dispatch_id in dispatch_ids)
+        await gather_bounded(ReadTally.find({"dispatch_id": dispatch_id}).delete() for dispatch_id in dispatch_ids)
 
 
 async def _backfilled() -> bool:
