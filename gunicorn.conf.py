@@ -94,7 +94,7 @@ def on_starting(server: Any) -> None:
             "tidings: JWT_SECRET must be set when running more than one worker (each worker would otherwise "
             "generate its own secret and reject the others' tokens)"
         )
-    if os.environ.get("REDIS_URL") == "":
+    if os.environ.get("REDIS_URL") == "" and not os.environ.get("REDIS_SENTINELS"):
         raise SystemExit(
             "tidings: REDIS_URL is empty, which selects the in-process broker and rate limiter; they do not reach "
             "across workers. Set REDIS_URL, or run one worker (WEB_CONCURRENCY=1)."

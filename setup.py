@@ -49,6 +49,10 @@ setup(
         "argon2-cffi>=23.1,<26",
         "gunicorn>=23,<28",
         "uvloop>=0.21,<1",
+        # Background jobs in Redis (docs/jobs.md) and SMTP (docs/email.md).
+        "saq>=0.26,<0.27",
+        "aiosmtplib>=5.1,<6",
+        "Jinja2>=3.1,<4",
     ],
     extras_require={
         "test": [
@@ -60,6 +64,8 @@ setup(
             "schemathesis>=4.32,<5",
             "hypothesis>=6.130,<7",
             "requests>=2.22,<3",
+            # A real SMTP server for the mail tests (tests/mail.py).
+            "aiosmtpd>=1.4,<2",
         ],
         "dev": [
             "ruff>=0.8",

@@ -2,8 +2,11 @@
 
 from beanie import Document
 
+from tidings.documents.api_key import ApiKey, ApiKeyUsage
 from tidings.documents.audit import AuditEntry
 from tidings.documents.dispatch_log import DispatchLogChunk, DispatchLogDirectory
+from tidings.documents.email_token import EmailToken
+from tidings.documents.idempotency import IdempotencyRecord
 from tidings.documents.notification import BroadcastIndex, BroadcastReceipt, Dispatch, Inbox, InboxPage, Notification
 from tidings.documents.read_count import (
     CoveragePage,
@@ -36,10 +39,16 @@ ALL_DOCUMENTS: list[type[Document]] = [
     CoverageSummary,
     FoldState,
     RetentionMark,
+    ApiKey,
+    ApiKeyUsage,
+    IdempotencyRecord,
+    EmailToken,
 ]
 
 __all__ = [
     "ALL_DOCUMENTS",
+    "ApiKey",
+    "ApiKeyUsage",
     "AuditEntry",
     "BroadcastIndex",
     "BroadcastReceipt",
@@ -49,7 +58,9 @@ __all__ = [
     "Dispatch",
     "DispatchLogChunk",
     "DispatchLogDirectory",
+    "EmailToken",
     "FoldState",
+    "IdempotencyRecord",
     "Inbox",
     "InboxPage",
     "Notification",

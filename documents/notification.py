@@ -36,7 +36,10 @@ class Notification(Document):
     title: str
     body: str
     data: dict[str, Any] | None = None
+    # The admin who sent it (documents stored before `sender` existed have only this).
     sender_id: PydanticObjectId | None = None
+    # Who sent it, {"type": "user" | "key", "id", "name"}: an admin, or an API key (then sender_id is None).
+    sender: dict[str, Any] | None = None
     # The send this notification came from: one per recipient of a send share it.
     dispatch_id: Annotated[PydanticObjectId | None, Indexed()] = None
     # Set once on direct notifications; broadcasts keep their read state in receipts.
@@ -74,7 +77,16 @@ class Notification(Document):
             "created_at": self.created_at.isoformat(),
             "broadcast": self.is_broadcast,
             "read": read,
+            "sender": self.sender_json(),
         }
+
+    def sender_json(self) -> dict[str, Any] | None:
+        """`sender`, or for a document stored before it existed, the admin of `sender_id` (name unknown)."""
+        if self.sender is not None:
+            return self.sender
+        if self.sender_id is not None:
+            return {"type": "user", "id": str(self.sender_id), "name": None}
+        return None
 
 
 class BroadcastReceipt(Document):
@@ -156,6 +168,8 @@ class Dispatch(Document):
 
     sender_id: PydanticObjectId | None = None
     sender_email: str | None = None
+    # As Notification.sender: an admin or an API key; None before it existed (then sender_id and sender_email say).
+    sender: dict[str, Any] | None = None
     title: str
     body: str
     broadcast: bool
@@ -173,3 +187,10 @@ class Dispatch(Document):
             IndexModel([("log_page", ASCENDING), ("_id", ASCENDING)]),
             IndexModel([("created_day", ASCENDING)]),
         ]
+
+    @property
+    def sender_label(self) -> str | None:
+        """Who sent it, as the panel says: the admin's email, or "API key <name>"; None for the system."""
+        if self.sender is not None and self.sender.get("type") == "key":
+            return f"API key {self.sender.get('name')}"
+        return self.sender_email

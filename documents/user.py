@@ -73,6 +73,13 @@ class User(Document):
     is_admin: bool = False
     # Bumped whenever every existing token of this user must stop working (password change, deactivation).
     token_version: int = 0
+    # Email (server/services/email_tokens.py): whether `email` was proven, the address a change waits to prove,
+    # the latest password reset (an older reset's token no longer checks out), and the unread digest's opt-in.
+    email_verified: bool = False
+    pending_email: str | None = None
+    reset_nonce: str = ""
+    email_digest: bool = True
+    digest_sent_at: datetime | None = None
     created_at: Annotated[datetime, Indexed()] = Field(default_factory=utcnow)
     # created_at's UTC day (documents/clock.py day_number): the dashboard counts a day's new users by equality.
     created_day: int = Field(default_factory=today_number)
@@ -100,6 +107,9 @@ class User(Document):
             "bio": self.bio,
             "is_active": self.is_active,
             "is_admin": self.is_admin,
+            "email_verified": self.email_verified,
+            "pending_email": self.pending_email,
+            "email_digest": self.email_digest,
             "created_at": self.created_at.isoformat(timespec="milliseconds"),
             "updated_at": self.updated_at.isoformat(timespec="milliseconds"),
         }

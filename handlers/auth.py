@@ -17,7 +17,14 @@ from tidings.handlers.schemas import (
     UserSchema,
 )
 from tidings.server.adapters.errors import Forbidden, InvalidToken
-from tidings.server.keys import accounts_key, principal_key, sessions_key, settings_key, validated_key
+from tidings.server.keys import (
+    account_email_key,
+    accounts_key,
+    principal_key,
+    sessions_key,
+    settings_key,
+    validated_key,
+)
 from tidings.server.services.authenticator import auth_required
 from tidings.server.services.sessions import TokenPair
 
@@ -44,6 +51,7 @@ _S403_PAGE = f"Not sent by the page: no {PAGE_HEADER} header, or an Origin not i
 async def register(request: web.Request) -> web.Response:
     data = request[validated_key]
     user = await request.app[accounts_key].register(**data)
+    await request.app[account_email_key].send_verification(user)
     return web.json_response(user.public(), status=201)
 
 

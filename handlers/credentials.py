@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from tidings.server.adapters.errors import Forbidden
-from tidings.server.keys import settings_key
+from tidings.server.keys import key_principal_key, principal_key, settings_key
+from tidings.server.services.audit import Actor
 
 
 def bearer_token(request: web.BaseRequest) -> str | None:
@@ -15,6 +16,18 @@ def bearer_token(request: web.BaseRequest) -> str | None:
     if scheme.lower() != "bearer" or not token:
         return None
     return token
+
+
+def acting(request: web.Request) -> Actor:
+    """Who makes an authenticated request: the API key it carries, or the user of its access token."""
+    key = request.get(key_principal_key)
+    return key.actor if key is not None else Actor.of(request[principal_key])
+
+
+def caller(request: web.Request) -> str:
+    """The authenticated caller as one string, "key:<id>" or "user:<id>": what idempotency keys are scoped by."""
+    key = request.get(key_principal_key)
+    return f"key:{key.key_id}" if key is not None else f"user:{request[principal_key].user_id}"
 
 
 def client_address(request: web.Request) -> str:

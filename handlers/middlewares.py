@@ -23,8 +23,9 @@ from redis.exceptions import RedisError
 from tidings.handlers.credentials import bearer_token
 from tidings.handlers.csp import API_CSP, DOCS_CSP
 from tidings.server.adapters.errors import ApiError, NotAuthenticated
-from tidings.server.keys import authenticator_key, principal_key
+from tidings.server.keys import api_keys_key, authenticator_key, key_principal_key, principal_key
 from tidings.server.logs import request_id_var
+from tidings.server.services.api_keys import is_api_key, required_scope
 from tidings.server.services.authenticator import Role, require_admin, required_role
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 
 @web.middleware
 def auth_middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
-    """Enforce @auth_required / @admin_required before the body is even parsed."""
+    """Enforce @auth_required / @admin_required before the body is even parsed; an API key passes only where the
+    handler's @key_scope allows it."""
     role = required_role(request.match_info.handler)
     if role is None:
         return handler(request)
@@ -105,6 +107,12 @@ async def _authenticated(request: web.Request, handler: Handler, role: Role) -> 
     token = bearer_token(request)
     if token is None:
         raise NotAuthenticated("A bearer access token is required.")
+    if is_api_key(token):
+        # 401 for a key that does not stand, 429 past its limit, then 403 insufficient_scope.
+        key = await request.app[api_keys_key].authenticate(token)
+        key.require(required_scope(request.match_info.handler))
+        request[key_principal_key] = key
+        return await handler(request)
     principal = await request.app[authenticator_key].authenticate(token)
     if role == "admin":
         require_admin(principal.is_admin)

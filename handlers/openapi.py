@@ -34,6 +34,30 @@ _ERROR_DESCRIPTIONS = {
 }
 
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+# The operations an application's backend may call with an API key (services/api_keys.py), each also open to an
+# admin's access token: either scheme is enough.
+BEARER_OR_API_KEY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+API_KEY_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "tdg_ API key",
+    "description": (
+        "An API key made by an admin (POST /api/v1/api-keys): `Authorization: Bearer tdg_...`. It may call only the "
+        "operations that list this scheme, and only with the scope each names: notifications:send or users:read."
+    ),
+}
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "in": "header",
+    "name": "Idempotency-Key",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+    "description": (
+        "1 to 255 printable ASCII characters, scoped to the caller. The same key with the same body within "
+        "IDEMPOTENCY_TTL answers the first response again (with `Idempotent-Replayed: true`), and nothing is sent "
+        "twice; with another body, 422 idempotency_key_reused; while the first is still running, it waits for it "
+        "or answers 409 idempotency_key_in_use."
+    ),
+}
 # The live page's refresh cookie (handlers/auth.py), which the browser sends to /api/v1/auth/page/ only.
 PAGE_SESSION: list[dict[str, list[str]]] = [{"pageSession": []}]
 PAGE_SESSION_SCHEME = {
@@ -157,6 +181,7 @@ def setup_openapi(app: web.Application) -> None:
     )
     spec.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     spec.spec.components.security_scheme("pageSession", PAGE_SESSION_SCHEME)
+    spec.spec.components.security_scheme("apiKeyAuth", API_KEY_SCHEME)
     spec.spec.components.schema("ErrorSchema", schema=ErrorSchema)
     # Registered ahead of its operation (under the name apigami would give it) to add what marshmallow cannot say.
     spec.spec.components.schema("SendNotification", SEND_AUDIENCE, schema=SendNotificationSchema)

@@ -8,6 +8,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from tidings.documents.ids import parse_object_id
 from tidings.handlers.nul import NUL
+from tidings.server.services.api_keys import DEFAULT_RATE_LIMIT, MIN_EXPIRES_IN, SCOPES
 
 USERNAME = validate.Regexp(r"^[A-Za-z0-9_.-]{3,32}$", error="3 to 32 letters, digits, '_', '.' or '-'.")
 PASSWORD = validate.Length(min=8, max=128)
@@ -112,6 +113,7 @@ class UpdateMeSchema(StrictSchema):
     bio = Text(allow_none=True, blank_is_none=True, validate=BIO_LENGTH)
     password = fields.String(validate=PASSWORD, load_only=True)
     current_password = fields.String(validate=validate.Length(max=128), load_only=True)
+    email_digest = StrictBoolean()
 
     @validates_schema
     def not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -171,6 +173,11 @@ class UserSchema(Schema):
     bio = fields.String(allow_none=True)
     is_active = fields.Boolean(required=True)
     is_admin = fields.Boolean(required=True)
+    email_verified = fields.Boolean(required=True)
+    pending_email = fields.String(
+        allow_none=True, required=True, metadata={"description": "An address waiting for its confirmation link"}
+    )
+    email_digest = fields.Boolean(required=True, metadata={"description": "Whether unread digests are mailed"})
     created_at = fields.DateTime(required=True)
     updated_at = fields.DateTime(required=True)
 
@@ -235,6 +242,12 @@ class NotificationIdSchema(StrictSchema):
     notification_id = ObjectIdField(required=True)
 
 
+class SenderSchema(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(["user", "key"]))
+    id = fields.String(required=True)
+    name = fields.String(allow_none=True, required=True)
+
+
 class NotificationSchema(Schema):
     id = fields.String(required=True)
     title = fields.String(required=True)
@@ -243,6 +256,8 @@ class NotificationSchema(Schema):
     created_at = fields.DateTime(required=True)
     broadcast = fields.Boolean(required=True)
     read = fields.Boolean(required=True)
+    # Who sent it: an admin or an API key; null for what the system sent.
+    sender = fields.Nested(SenderSchema, allow_none=True)
 
 
 class NotificationPageSchema(Schema):
@@ -257,3 +272,110 @@ class SentSchema(Schema):
 
 class UnreadCountSchema(Schema):
     unread = fields.Integer(required=True)
+
+
+class PasswordResetRequestSchema(StrictSchema):
+    email = fields.String(required=True, validate=EMAIL_LENGTH)
+
+
+class PasswordResetConfirmSchema(StrictSchema):
+    token = fields.String(required=True, validate=validate.Length(min=1, max=200), load_only=True)
+    password = fields.String(required=True, validate=PASSWORD, load_only=True)
+
+
+class EmailTokenSchema(StrictSchema):
+    token = fields.String(required=True, validate=validate.Length(min=1, max=200), load_only=True)
+
+
+class AcceptedSchema(Schema):
+    status = fields.String(required=True, metadata={"example": "accepted"})
+    message = fields.String(required=True)
+
+
+# Batch sends
+
+
+MAX_BATCH = 100
+
+
+class BatchSendSchema(StrictSchema):
+    # Each item is checked by SendNotificationSchema on its own (even one that is not an object), so that a bad item
+    # fails only itself.
+    notifications = fields.List(
+        fields.Raw(metadata={"type": "object", "description": "As the body of POST /api/v1/notifications."}),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_BATCH, error=f"1 to {MAX_BATCH} items."),
+    )
+
+
+class BatchItemErrorSchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Raw()
+
+
+class BatchResultSchema(Schema):
+    status = fields.Integer(required=True, metadata={"example": 201})
+    broadcast = fields.Boolean()
+    notifications = fields.List(fields.Nested(NotificationSchema))
+    error = fields.Nested(BatchItemErrorSchema)
+
+
+class BatchSentSchema(Schema):
+    results = fields.List(fields.Nested(BatchResultSchema), required=True)
+
+
+# API keys
+
+
+MAX_EXPIRES_IN = 10 * 366 * 86_400
+
+
+class CreateApiKeySchema(StrictSchema):
+    name = Text(required=True, validate=validate.Length(min=1, max=100, error="1 to 100 characters, not only spaces."))
+    scopes = fields.List(
+        fields.String(validate=validate.OneOf(list(SCOPES))), required=True, validate=validate.Length(min=1)
+    )
+    # Seconds until the key expires; none: it never does.
+    expires_in = fields.Integer(
+        load_default=None, allow_none=True, strict=True, validate=validate.Range(min=MIN_EXPIRES_IN, max=MAX_EXPIRES_IN)
+    )
+    rate_limit_per_minute = fields.Integer(
+        load_default=DEFAULT_RATE_LIMIT, strict=True, validate=validate.Range(min=1, max=100_000)
+    )
+
+
+class ApiKeyIdSchema(StrictSchema):
+    key_id = ObjectIdField(required=True)
+
+
+class ApiKeyCreatorSchema(Schema):
+    id = fields.String(required=True)
+    email = fields.String(allow_none=True)
+
+
+class ApiKeySchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    scopes = fields.List(fields.String(), required=True)
+    prefix = fields.String(required=True, metadata={"description": "The first 8 characters after tdg_."})
+    created_by = fields.Nested(ApiKeyCreatorSchema, allow_none=True, required=True)
+    created_at = fields.DateTime(required=True)
+    expires_at = fields.DateTime(allow_none=True, required=True)
+    last_used_at = fields.DateTime(allow_none=True, required=True)
+    revoked_at = fields.DateTime(allow_none=True, required=True)
+    rate_limit_per_minute = fields.Integer(required=True)
+
+
+class CreatedApiKeySchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    scopes = fields.List(fields.String(), required=True)
+    key = fields.String(required=True, metadata={"description": "The secret: shown this once, never again."})
+    created_at = fields.DateTime(required=True)
+    expires_at = fields.DateTime(allow_none=True, required=True)
+    rate_limit_per_minute = fields.Integer(required=True)
+
+
+class ApiKeyListSchema(Schema):
+    items = fields.List(fields.Nested(ApiKeySchema), required=True)

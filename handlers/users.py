@@ -3,7 +3,7 @@
 from aiohttp import web
 from aiohttp_apigami import docs, match_info_schema, querystring_schema, request_schema, response_schema
 
-from tidings.handlers.openapi import BEARER, error_responses
+from tidings.handlers.openapi import BEARER, BEARER_OR_API_KEY, error_responses
 from tidings.handlers.schemas import (
     AdminUpdateUserSchema,
     DeleteMeSchema,
@@ -14,7 +14,15 @@ from tidings.handlers.schemas import (
     UserSchema,
 )
 from tidings.server.adapters.errors import Forbidden, InvalidToken
-from tidings.server.keys import accounts_key, authenticator_key, path_key, principal_key, validated_key
+from tidings.server.keys import (
+    account_email_key,
+    accounts_key,
+    authenticator_key,
+    path_key,
+    principal_key,
+    validated_key,
+)
+from tidings.server.services.api_keys import key_scope
 from tidings.server.services.audit import Actor
 from tidings.server.services.authenticator import admin_required, auth_required
 
@@ -33,7 +41,11 @@ async def get_me(request: web.Request) -> web.Response:
 @docs(
     tags=["users"],
     summary="Change the caller's account",
-    description="Changing email or password requires current_password. A password change ends every session.",
+    description=(
+        "Changing email or password requires current_password. A password change ends every session. A new email "
+        "takes effect when it confirms: the answer shows it as pending_email, and the old address keeps working "
+        "until then. email_digest: false stops unread digests."
+    ),
     security=BEARER,
     responses=error_responses(400, 401, 403, 409, 413, 422),
 )
@@ -45,7 +57,7 @@ async def patch_me(request: web.Request) -> web.Response:
     changes = request[validated_key].copy()
     current_password = changes.pop("current_password", None)
     user = await accounts.get(request[principal_key].user_id)
-    user = await accounts.update_self(user, changes, current_password)
+    user = await request.app[account_email_key].update_self(user, changes, current_password)
     return web.json_response(user.public())
 
 
@@ -70,13 +82,14 @@ async def delete_me(request: web.Request) -> web.Response:
 
 @docs(
     tags=["users"],
-    summary="List and search accounts (admin)",
-    security=BEARER,
-    responses=error_responses(401, 403, 422),
+    summary="List and search accounts (admins; API keys with users:read)",
+    security=BEARER_OR_API_KEY,
+    responses=error_responses(401, 403, 422, 429),
 )
 # put_into=None: into validated_key, where the handler reads it (the decorator's default is "querystring").
 @querystring_schema(UserListQuerySchema, put_into=None)
 @response_schema(UserPageSchema, 200)
+@key_scope("users:read")
 @admin_required
 async def list_users(request: web.Request) -> web.Response:
     query = request[validated_key]
@@ -92,17 +105,18 @@ async def list_users(request: web.Request) -> web.Response:
 
 @docs(
     tags=["users"],
-    summary="One account (admins, or the user themselves)",
-    security=BEARER,
-    responses=error_responses(401, 403, 404, 422),
+    summary="One account (admins, the user themselves, and API keys with users:read)",
+    security=BEARER_OR_API_KEY,
+    responses=error_responses(401, 403, 404, 422, 429),
 )
 @match_info_schema(UserIdSchema, put_into=path_key)  # type: ignore[arg-type]
 @response_schema(UserSchema, 200)
+@key_scope("users:read")
 @auth_required
 async def get_user(request: web.Request) -> web.Response:
-    principal = request[principal_key]
     user_id = request[path_key]["user_id"]
-    if not principal.is_admin and user_id != principal.user_id:
+    principal = request.get(principal_key)  # None for an API key, whose scope the middleware checked
+    if principal is not None and not principal.is_admin and user_id != principal.user_id:
         raise Forbidden("You may only read your own account.")
     user = await request.app[accounts_key].get(user_id)
     return web.json_response(user.public())

@@ -25,6 +25,7 @@ from tidings.server.adapters.errors import ApiError, InvalidToken
 from tidings.server.keys import authenticator_key, hub_key, notifications_key, settings_key
 from tidings.server.realtime.frames import CloseCode
 from tidings.server.realtime.hub import Connection, Hub
+from tidings.server.services.api_keys import is_api_key
 from tidings.server.services.authenticator import Principal
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_CLIENT_ERRORS = 10
 UNAVAILABLE = "service_unavailable"
 RATE_LIMITED = "Too many messages on this socket; slow down (see WS_MESSAGES_PER_SECOND)."
+# A socket is a user's: an application's API key never opens one (docs/publishing.md).
+API_KEY_REFUSED = b"API keys cannot open a WebSocket"
 
 
 @docs(
@@ -116,13 +119,17 @@ async def _upgrade_principal(request: web.Request) -> Principal | None:
     # Refusing foreign Origins stops cross-site WebSocket hijacking.
     refuse_foreign_origin(request, "This Origin may not open a WebSocket.")
     token = bearer_token(request)
-    if token is None:
-        return None
+    if token is None or is_api_key(token):
+        return None  # an API key is refused with 4401 once the socket is open
     return await request.app[authenticator_key].authenticate(token, remember=False)
 
 
 async def _authenticate_in_band(request: web.Request, ws: web.WebSocketResponse) -> Principal | None:
     """Browsers cannot set headers on a WebSocket: the first message must be {"type": "auth", "token": ...}."""
+    header = bearer_token(request)
+    if header is not None and is_api_key(header):
+        await ws.close(code=CloseCode.BAD_CREDENTIALS, message=API_KEY_REFUSED)
+        return None
     timeout = request.app[settings_key].ws_auth_timeout
     try:
         async with asyncio.timeout(timeout):
@@ -137,6 +144,9 @@ async def _authenticate_in_band(request: web.Request, ws: web.WebSocketResponse)
     token = message.get("token") if message and message.get("type") == "auth" else None
     if not isinstance(token, str):
         await ws.close(code=CloseCode.BAD_CREDENTIALS, message=b"first message must be auth")
+        return None
+    if is_api_key(token):
+        await ws.close(code=CloseCode.BAD_CREDENTIALS, message=API_KEY_REFUSED)
         return None
     try:
         return await request.app[authenticator_key].authenticate(token, remember=False)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what tidings needs outside Python, idempotently and quietly:
 #   - redis-server / redis-cli            (always)
+#   - redis-sentinel                      (always; the Sentinel tests start their own)
 #   - chromium                            (with --browser)
 #   - wrk                                 (with --bench)
 #   - a PostgreSQL server from Debian      (unless FERRETDB_BACKEND=sqlite;
@@ -65,7 +66,7 @@ quiet() {
 
 # --- Debian packages ---------------------------------------------------------
 # Each entry: "file-that-must-exist package [package...]".
-checks=("/usr/bin/redis-server redis-server" "/usr/bin/redis-cli redis-tools")
+checks=("/usr/bin/redis-server redis-server" "/usr/bin/redis-cli redis-tools" "/usr/bin/redis-sentinel redis-sentinel")
 if [ "$want_browser" = 1 ]; then
     checks+=("/usr/bin/chromium chromium fonts-liberation")
 fi

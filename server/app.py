@@ -17,10 +17,13 @@ from tidings.handlers.middlewares import auth_middleware, request_id_middleware,
 from tidings.handlers.openapi import setup_openapi
 from tidings.handlers.routes import setup_routes
 from tidings.server.adapters import redis_client
-from tidings.server.adapters.broker import MemoryBroker, RedisBroker
+from tidings.server.adapters.broker import MemoryBroker, redis_broker
 from tidings.server.adapters.db import init_database
+from tidings.server.adapters.due_set import MemoryDueSet, RedisDueSet
+from tidings.server.adapters.jobs import Jobs, MemoryJobs, RedisJobs, RetryPolicy
 from tidings.server.adapters.leases import Leases
 from tidings.server.adapters.locks import Locks
+from tidings.server.adapters.mailer import Mailer
 from tidings.server.adapters.numbering import (
     MemoryInboxNumbering,
     MemoryNumbering,
@@ -31,13 +34,19 @@ from tidings.server.adapters.ratelimit import MemoryRateLimiter, RedisRateLimite
 from tidings.server.adapters.security import Passwords, Tokens
 from tidings.server.adapters.tasks import cancel_and_wait
 from tidings.server.keys import (
+    account_email_key,
     accounts_key,
+    api_keys_key,
     audit_key,
     authenticator_key,
     broker_key,
+    digests_key,
     dispatch_log_key,
     gauge_key,
     hub_key,
+    idempotency_key,
+    job_admin_key,
+    jobs_key,
     limiter_key,
     mongo_key,
     notifications_key,
@@ -52,13 +61,19 @@ from tidings.server.logs import configure_logging
 from tidings.server.realtime.gauge import ConnectionGauge
 from tidings.server.realtime.hub import Hub
 from tidings.server.services.accounts import AccountService
+from tidings.server.services.api_keys import ApiKeys
 from tidings.server.services.audit import AuditLog
 from tidings.server.services.authenticator import Authenticator
 from tidings.server.services.broadcasts import Broadcasts, IndexCache
+from tidings.server.services.digests import Digests
 from tidings.server.services.dispatch_log import DispatchLog
+from tidings.server.services.email_tokens import AccountEmail, EmailTokens
+from tidings.server.services.idempotency import Idempotency
 from tidings.server.services.inbox_pages import InboxPages
+from tidings.server.services.job_admin import JobAdmin
 from tidings.server.services.migrations import MIGRATIONS_TIMEOUT, run_migrations
 from tidings.server.services.notifications import NotificationService
+from tidings.server.services.outbox import Outbox
 from tidings.server.services.read_counts import ReadCounts
 from tidings.server.services.retention import Retention
 from tidings.server.services.sessions import SessionService
@@ -112,20 +127,45 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     """Redis for rate limits and fan-out; without REDIS_URL, in-process stand-ins for a single process."""
     settings = app[settings_key]
-    if settings.redis_url is None:
+    if not redis_client.enabled(settings):
         app[limiter_key] = MemoryRateLimiter()
         app[broker_key] = MemoryBroker()
         yield
         return
-    client = redis_client.connect(settings.redis_url, health_check_interval=settings.redis_health_check_interval)
+    # One Redis, a Redis behind Sentinel, or a Redis Cluster (settings.redis_sentinels, settings.redis_cluster).
+    client = redis_client.client_for(settings)
     try:
         await _retry_until_ready("Redis", client.ping, settings.startup_timeout)
         app[redis_key] = client
         app[limiter_key] = RedisRateLimiter(client, settings.redis_prefix)
-        app[broker_key] = RedisBroker(settings.redis_url, settings.redis_prefix, client)
+        app[broker_key] = redis_broker(settings, client)
         yield
     finally:
         await client.aclose()
+
+
+async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The job queue (docs/jobs.md): in Redis, on the app's one Redis client; without Redis, in this process."""
+    settings = app[settings_key]
+    policy = RetryPolicy(
+        attempts=settings.job_attempts,
+        delay=settings.job_retry_delay,
+        max_delay=settings.job_retry_max_delay,
+        timeout=settings.job_timeout,
+    )
+    redis = app.get(redis_key)
+    jobs: Jobs
+    if redis is None:
+        jobs = MemoryJobs(policy, grace=settings.shutdown_timeout)
+    else:
+        jobs = RedisJobs(
+            redis, settings.redis_prefix, policy, grace=settings.shutdown_timeout, dead_ttl=settings.job_dead_ttl
+        )
+    app[jobs_key] = jobs
+    try:
+        yield
+    finally:
+        await jobs.close()
 
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -171,13 +211,51 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.notification_retention_days, locks, read_counts.forget, index_changed=index_cache.drop
     )
     app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit, locks)
+    app[api_keys_key] = ApiKeys(app[broker_key], app[limiter_key], audit)
+    app[idempotency_key] = Idempotency(settings.idempotency_ttl)
     hub = Hub(settings, app[broker_key], notifications, authenticator)
     app[hub_key] = hub
     app[gauge_key] = ConnectionGauge(
         hub, app.get(redis_key), settings.redis_prefix, settings.connection_report_interval
     )
+    _email_ctx(app)
     yield
     executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _email_ctx(app: web.Application) -> None:
+    """Mail, the flows that send it, and the periodic jobs; their handlers are registered before a worker starts."""
+    settings, jobs = app[settings_key], app[jobs_key]
+    mailer = Mailer(settings)
+    mailer.warn_if_unsent()
+    outbox = Outbox(mailer, jobs)
+    outbox.register()
+    tokens = EmailTokens()
+    account_email = AccountEmail(settings, tokens, app[accounts_key], outbox, jobs, app[limiter_key])
+    account_email.register()
+    app[account_email_key] = account_email
+
+    async def sweep_sessions() -> None:
+        # FerretDB lacks TTL indexes, so expired sessions (and unused mailed tokens) are deleted here.
+        with pymongo.timeout(max(settings.session_sweep_interval, 60.0)):  # a sweep may scan for long
+            deleted = await app[sessions_key].delete_expired()
+            deleted_tokens = await tokens.delete_expired()
+        if deleted or deleted_tokens:
+            log.info("deleted expired sessions", extra={"count": deleted, "email_tokens": deleted_tokens})
+
+    jobs.every("sweep_sessions", settings.session_sweep_interval, sweep_sessions)
+    redis, prefix = app.get(redis_key), settings.redis_prefix
+    digests = Digests(
+        settings,
+        app[notifications_key],
+        app[accounts_key],
+        outbox,
+        candidates=RedisDueSet(redis, f"{prefix}digest:users") if redis is not None else MemoryDueSet(),
+        broadcasts=RedisDueSet(redis, f"{prefix}digest:broadcasts") if redis is not None else MemoryDueSet(),
+    )
+    digests.register(jobs)
+    app[digests_key] = digests
+    app[job_admin_key] = JobAdmin(jobs, app[audit_key])
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -189,18 +267,6 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def background_ctx(app: web.Application) -> AsyncIterator[None]:
     """The app's own periodic tasks, cancelled and awaited on the way out."""
-
-    async def sweep_sessions() -> None:
-        # FerretDB lacks TTL indexes, so expired sessions are deleted here.
-        while True:
-            try:
-                with pymongo.timeout(app[settings_key].session_sweep_interval):  # a sweep may scan for long
-                    deleted = await app[sessions_key].delete_expired()
-                if deleted:
-                    log.info("deleted expired sessions", extra={"count": deleted})
-            except Exception:
-                log.exception("session sweep failed")
-            await asyncio.sleep(app[settings_key].session_sweep_interval)
 
     async def fold_read_counts() -> None:
         # Tallies of reads into the sends' read counters; one process at a time does it, the others skip.
@@ -235,8 +301,18 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
             except Exception:
                 log.exception("retention failed")
 
+    async def sweep_idempotency() -> None:
+        # Expired idempotency records (FerretDB lacks TTL indexes; a request also deletes one it finds expired).
+        while True:
+            await asyncio.sleep(app[settings_key].session_sweep_interval)
+            try:
+                with pymongo.timeout(app[settings_key].session_sweep_interval):
+                    await app[idempotency_key].sweep()
+            except Exception:
+                log.exception("idempotency sweep failed")
+
     tasks = [
-        asyncio.create_task(sweep_sessions(), name="session-sweeper"),
+        asyncio.create_task(sweep_idempotency(), name="idempotency-sweeper"),
         asyncio.create_task(apply_retention(), name="retention"),
         asyncio.create_task(fold_read_counts(), name="read-count-fold"),
         asyncio.create_task(keep_dispatch_log(), name="dispatch-log-upkeep"),
@@ -246,6 +322,24 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
     ]
     yield
     await cancel_and_wait(*tasks)
+
+
+async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Consume jobs in this process unless RUN_WORKER=0 (`tidings worker` runs one on its own). On the way out,
+    running jobs get SHUTDOWN_TIMEOUT to finish; those that do not go back to the queue."""
+    settings = app[settings_key]
+    if not settings.run_worker:
+        yield
+        return
+    jobs = app[jobs_key]
+    task = asyncio.create_task(jobs.run_worker(settings.worker_concurrency), name="job-worker")
+    yield
+    await jobs.stop_worker()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=settings.shutdown_timeout + 5.0)
+    except TimeoutError:
+        log.warning("the job worker did not stop in time")
+    await cancel_and_wait(task)
 
 
 async def close_sockets(app: web.Application) -> None:
@@ -262,7 +356,7 @@ def create_app(settings: Settings) -> web.Application:
     app[settings_key] = settings
     app[tokens_key] = Tokens(settings)
     # Order matters: each context uses what the ones before it opened, and they close in reverse.
-    app.cleanup_ctx.extend([mongo_ctx, redis_ctx, services_ctx, broker_ctx, background_ctx])
+    app.cleanup_ctx.extend([mongo_ctx, redis_ctx, jobs_ctx, services_ctx, broker_ctx, background_ctx, worker_ctx])
     app.on_shutdown.append(close_sockets)
     app.on_response_prepare.append(security_headers)
     setup_routes(app)

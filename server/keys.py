@@ -7,14 +7,20 @@ from aiohttp import web
 from pymongo import AsyncMongoClient
 
 from tidings.server.adapters.broker import Broker
+from tidings.server.adapters.jobs import Jobs
 from tidings.server.adapters.ratelimit import RateLimiter
 from tidings.server.adapters.security import Tokens
 from tidings.server.realtime.gauge import ConnectionGauge
 from tidings.server.realtime.hub import Hub
 from tidings.server.services.accounts import AccountService
+from tidings.server.services.api_keys import ApiKeys, KeyPrincipal
 from tidings.server.services.audit import AuditLog
 from tidings.server.services.authenticator import Authenticator, Principal
+from tidings.server.services.digests import Digests
 from tidings.server.services.dispatch_log import DispatchLog
+from tidings.server.services.email_tokens import AccountEmail
+from tidings.server.services.idempotency import Idempotency
+from tidings.server.services.job_admin import JobAdmin
 from tidings.server.services.notifications import NotificationService
 from tidings.server.services.read_counts import ReadCounts
 from tidings.server.services.retention import Retention
@@ -37,8 +43,16 @@ retention_key = web.AppKey("retention", Retention)
 hub_key = web.AppKey("hub", Hub)
 audit_key = web.AppKey("audit", AuditLog)
 gauge_key = web.AppKey("gauge", ConnectionGauge)
+jobs_key = web.AppKey("jobs", Jobs)
+account_email_key = web.AppKey("account_email", AccountEmail)
+digests_key = web.AppKey("digests", Digests)
+job_admin_key = web.AppKey("job_admin", JobAdmin)
+api_keys_key = web.AppKey("api_keys", ApiKeys)
+idempotency_key = web.AppKey("idempotency", Idempotency)
 
 principal_key = web.RequestKey("principal", Principal)
+# A request made with an API key has this instead of principal_key (a key is not a user).
+key_principal_key = web.RequestKey("key_principal", KeyPrincipal)
 # Where aiohttp-apigami's validation middleware puts the validated body, query or path.
 validated_key: web.RequestKey[dict[str, Any]] = web.RequestKey("validated", dict)
 # Where it puts validated path parameters of handlers that also validate a body.

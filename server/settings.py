@@ -105,6 +105,20 @@ def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _smtp_security(env: Mapping[str, str]) -> Literal["starttls", "tls", "none"]:
+    raw = (env.get("SMTP_SECURITY") or "starttls").strip().lower()
+    if raw not in ("starttls", "tls", "none"):
+        raise SettingsError(f"SMTP_SECURITY must be starttls, tls or none, got {raw!r}")
+    return raw  # type: ignore[return-value]
+
+
+def _redis_routing(env: Mapping[str, str]) -> Literal["user", "global"]:
+    raw = (env.get("REDIS_ROUTING") or "user").strip().lower()
+    if raw not in ("user", "global"):
+        raise SettingsError(f"REDIS_ROUTING must be user or global, got {raw!r}")
+    return raw  # type: ignore[return-value]
+
+
 def listen_backlog(env: Mapping[str, str]) -> int:
     """LISTEN_BACKLOG, for `Settings.from_env` and for gunicorn.conf.py (which reads no other setting)."""
     return _int(env, "LISTEN_BACKLOG", Settings.listen_backlog)
@@ -124,6 +138,16 @@ class Settings:
     redis_url: str | None = "redis://127.0.0.1:6379/0"
     # Every Redis key and channel starts with this, so several deployments (or tests) share one Redis.
     redis_prefix: str = "tidings:"
+    # Redis behind Sentinel (host:port of each sentinel, and the name of the master they watch): REDIS_URL then only
+    # gives the database number, and every client follows a failover. Or a Redis Cluster, REDIS_URL naming any node.
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    redis_password: str | None = field(default=None, repr=False)
+    redis_cluster: bool = False
+    # "user": a process subscribes to the channel of each user it holds a socket of (docs/scaling.md); "global": one
+    # channel for every user's notifications, held by every process (the old way; for comparison and as a fallback).
+    redis_routing: Literal["user", "global"] = "user"
 
     jwt_secret: str = field(default="", repr=False)
     access_token_ttl: int = 15 * 60
@@ -190,6 +214,41 @@ class Settings:
     trust_forwarded_for: bool = False
     log_level: str = "INFO"
     access_log: bool = True
+    # How long the first response to a request with an Idempotency-Key is kept and replayed (services/idempotency.py).
+    idempotency_ttl: float = 86_400.0
+
+    # Background jobs (docs/jobs.md): `tidings serve` runs a worker in-process unless run_worker is off.
+    run_worker: bool = True
+    worker_concurrency: int = 10
+    # Attempts of a job before it is dead-lettered; the first retry within job_retry_delay seconds (jittered), each
+    # later one up to twice as long, never more than job_retry_max_delay.
+    job_attempts: int = 8
+    job_retry_delay: float = 20.0
+    job_retry_max_delay: float = 3600.0
+    # A running job is given up (and retried) after this long.
+    job_timeout: int = 120
+    # Dead-lettered jobs are kept this long for the panel's Jobs page.
+    job_dead_ttl: int = 7 * 24 * 3600
+
+    # Email (docs/email.md). Without smtp_host: messages are logged outside production, and production warns.
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout: float = 30.0
+    mail_from: str = "tidings <noreply@localhost>"
+    # The base of every link in a mail.
+    public_url: str = "http://127.0.0.1:8080"
+    password_reset_ttl: int = 3600
+    password_reset_per_email: int = 3
+    password_reset_per_address: int = 30
+    email_verification_ttl: int = 3 * 24 * 3600
+    verify_email_resend_per_hour: int = 3
+    require_verified_email: bool = False
+    digest_after: float = 3600.0
+    digest_check_interval: float = 300.0
+    digest_interval: float = 86400.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -210,6 +269,12 @@ class Settings:
             mongodb_db=env.get("MONGODB_DB") or cls.mongodb_db,
             redis_url=redis_url or None,
             redis_prefix=env.get("REDIS_PREFIX") or cls.redis_prefix,
+            redis_sentinels=_list(env, "REDIS_SENTINELS", cls.redis_sentinels),
+            redis_sentinel_master=env.get("REDIS_SENTINEL_MASTER") or cls.redis_sentinel_master,
+            redis_sentinel_password=env.get("REDIS_SENTINEL_PASSWORD") or None,
+            redis_password=env.get("REDIS_PASSWORD") or None,
+            redis_cluster=_bool(env, "REDIS_CLUSTER", cls.redis_cluster),
+            redis_routing=_redis_routing(env),
             jwt_secret=jwt_secret,
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", cls.access_token_ttl),
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
@@ -249,6 +314,31 @@ class Settings:
             trust_forwarded_for=_bool(env, "TRUST_FORWARDED_FOR", cls.trust_forwarded_for),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
             access_log=_bool(env, "ACCESS_LOG", cls.access_log),
+            idempotency_ttl=_seconds(env, "IDEMPOTENCY_TTL", cls.idempotency_ttl),
+            run_worker=_bool(env, "RUN_WORKER", cls.run_worker),
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", cls.worker_concurrency),
+            job_attempts=_int(env, "JOB_ATTEMPTS", cls.job_attempts),
+            job_retry_delay=_seconds(env, "JOB_RETRY_DELAY", cls.job_retry_delay),
+            job_retry_max_delay=_seconds(env, "JOB_RETRY_MAX_DELAY", cls.job_retry_max_delay),
+            job_timeout=_int(env, "JOB_TIMEOUT", cls.job_timeout),
+            job_dead_ttl=_int(env, "JOB_DEAD_TTL", cls.job_dead_ttl),
+            smtp_host=env.get("SMTP_HOST") or None,
+            smtp_port=_int(env, "SMTP_PORT", cls.smtp_port),
+            smtp_username=env.get("SMTP_USERNAME") or None,
+            smtp_password=env.get("SMTP_PASSWORD") or None,
+            smtp_security=_smtp_security(env),
+            smtp_timeout=_seconds(env, "SMTP_TIMEOUT", cls.smtp_timeout),
+            mail_from=env.get("MAIL_FROM") or cls.mail_from,
+            public_url=(env.get("PUBLIC_URL") or cls.public_url).rstrip("/"),
+            password_reset_ttl=_int(env, "PASSWORD_RESET_TTL", cls.password_reset_ttl),
+            password_reset_per_email=_int(env, "PASSWORD_RESET_PER_EMAIL", cls.password_reset_per_email),
+            password_reset_per_address=_int(env, "PASSWORD_RESET_PER_ADDRESS", cls.password_reset_per_address),
+            email_verification_ttl=_int(env, "EMAIL_VERIFICATION_TTL", cls.email_verification_ttl),
+            verify_email_resend_per_hour=_int(env, "VERIFY_EMAIL_RESEND_PER_HOUR", cls.verify_email_resend_per_hour),
+            require_verified_email=_bool(env, "REQUIRE_VERIFIED_EMAIL", cls.require_verified_email),
+            digest_after=_seconds(env, "DIGEST_AFTER", cls.digest_after),
+            digest_check_interval=_seconds(env, "DIGEST_CHECK_INTERVAL", cls.digest_check_interval),
+            digest_interval=_seconds(env, "DIGEST_INTERVAL", cls.digest_interval),
         )
         return settings.checked()
 
@@ -260,6 +350,12 @@ class Settings:
         """Refuse unsafe settings; outside production, replace a missing JWT secret with a random one, loudly."""
         if self.access_token_ttl <= 0 or self.refresh_token_ttl <= self.access_token_ttl:
             raise SettingsError("token lifetimes must be positive and the refresh token must outlive the access token")
+        if self.redis_sentinels and self.redis_cluster:
+            raise SettingsError("REDIS_SENTINELS and REDIS_CLUSTER exclude each other: Sentinel or Cluster, not both")
+        for sentinel in self.redis_sentinels:
+            host, _, port = sentinel.rpartition(":")
+            if not host or not port.isdigit():
+                raise SettingsError(f"REDIS_SENTINELS takes host:port items, got {sentinel!r}")
         if len(self.jwt_secret.encode()) >= MIN_SECRET_BYTES:
             return self
         if self.environment == "production":

@@ -31,7 +31,20 @@ COOKIE = "tidings_refresh"
 FROM_PAGE = {"X-Requested-With": "tidings"}
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
-PUBLIC_FIELDS = {"id", "email", "username", "full_name", "bio", "is_active", "is_admin", "created_at", "updated_at"}
+PUBLIC_FIELDS = {
+    "id",
+    "email",
+    "username",
+    "full_name",
+    "bio",
+    "is_active",
+    "is_admin",
+    "email_verified",
+    "pending_email",
+    "email_digest",
+    "created_at",
+    "updated_at",
+}
 
 
 def new_user(**fields: Any) -> dict[str, Any]:

@@ -226,7 +226,11 @@ async def served() -> AsyncIterator[Served]:
             async with session.post(f"{API}/notifications", json=sent, headers=headers) as response:
                 assert response.status == 201, await response.text()
                 notification_id = (await response.json())["notifications"][0]["id"]
-        yield Served(url, {"user_id": user_id, "notification_id": notification_id})
+            key = {"name": "fuzz", "scopes": ["users:read"]}
+            async with session.post(f"{API}/api-keys", json=key, headers=headers) as response:
+                assert response.status == 201, await response.text()
+                key_id = (await response.json())["id"]
+        yield Served(url, {"user_id": user_id, "notification_id": notification_id, "key_id": key_id})
     finally:
         await runner.cleanup()
         await drop_test_data(app_settings)

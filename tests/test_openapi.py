@@ -26,8 +26,8 @@ EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
     ("post", f"{API}/auth/page/logout"): {403},
     ("get", f"{API}/users/me"): {401},
     ("patch", f"{API}/users/me"): {400, 401, 403, 409, 413, 422},
-    ("get", f"{API}/users"): {401, 403, 422},
-    ("get", f"{API}/users/{{user_id}}"): {401, 403, 404, 422},
+    ("get", f"{API}/users"): {401, 403, 422, 429},
+    ("get", f"{API}/users/{{user_id}}"): {401, 403, 404, 422, 429},
     ("patch", f"{API}/users/{{user_id}}"): {400, 401, 403, 404, 409, 413, 422},
     ("delete", f"{API}/users/{{user_id}}"): {401, 403, 404, 409, 422},
 }
@@ -35,6 +35,14 @@ AUTHENTICATED = {key for key in EXPECTED_ERRORS if 401 in EXPECTED_ERRORS[key] a
     ("post", f"{API}/auth/logout"),
     ("post", f"{API}/auth/logout-all"),
 }
+# The operations an API key may call (with the right scope), besides an access token: 429 is a key's rate limit.
+API_KEY_OPERATIONS = {
+    ("get", f"{API}/users"),
+    ("get", f"{API}/users/{{user_id}}"),
+    ("post", f"{API}/notifications"),
+    ("post", f"{API}/notifications/batch"),
+}
+BEARER_OR_API_KEY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
 # The live page's session endpoints that read its refresh cookie.
 PAGE_SESSION = {("post", f"{API}/auth/page/refresh"), ("post", f"{API}/auth/page/logout")}
 ERROR_REF = {"$ref": "#/components/schemas/ErrorSchema"}
@@ -120,7 +128,9 @@ async def test_each_endpoint_documents_its_errors(spec: dict[str, Any], method: 
         response = operation["responses"][str(status)]
         assert response["description"]
         assert response["content"]["application/json"]["schema"] == ERROR_REF
-    if (method, path) in AUTHENTICATED:
+    if (method, path) in API_KEY_OPERATIONS:
+        assert operation["security"] == BEARER_OR_API_KEY
+    elif (method, path) in AUTHENTICATED:
         assert operation["security"] == [{"bearerAuth": []}]
     elif (method, path) in PAGE_SESSION:
         assert operation["security"] == [{"pageSession": []}]
@@ -157,6 +167,7 @@ async def test_request_schemas_are_the_validating_ones(spec: dict[str, Any]) -> 
         "bio",
         "password",
         "current_password",
+        "email_digest",
     }
     admin_patch = body_schema("patch", f"{API}/users/{{user_id}}")
     assert {"is_active", "is_admin"} <= set(admin_patch["properties"])
@@ -230,3 +241,22 @@ async def test_swagger_ui_renders_in_a_browser(client: TestClient[Any, Any]) -> 
         finally:
             await browser.close()
     assert not [message for message in blocked if "Content Security Policy" in message], blocked
+
+
+async def test_both_security_schemes_and_who_may_call_what(spec: dict[str, Any]) -> None:
+    """Bearer JWTs and API keys are both described; exactly the operations a key may call list both, and every
+    other authenticated operation lists the JWT alone."""
+    api_key = spec["components"]["securitySchemes"]["apiKeyAuth"]
+    assert {key: api_key[key] for key in ("type", "scheme")} == {"type": "http", "scheme": "bearer"}
+    assert "tdg_" in api_key["bearerFormat"] and "scope" in api_key["description"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            security = operation.get("security")
+            if (method, path) in API_KEY_OPERATIONS:
+                assert security == BEARER_OR_API_KEY, (method, path)
+            elif security is not None:
+                assert {"apiKeyAuth": []} not in security, (method, path)
+    for path in (f"{API}/notifications", f"{API}/notifications/batch"):
+        parameters = spec["paths"][path]["post"]["parameters"]
+        [idempotency] = [p for p in parameters if p["name"] == "Idempotency-Key"]
+        assert idempotency["in"] == "header" and idempotency["schema"]["maxLength"] == 255

@@ -9,7 +9,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from tidings.handlers.admin import audit, dashboard, login, notifications, users
+from tidings.handlers.admin import api_keys, audit, dashboard, jobs, login, notifications, users
 from tidings.handlers.admin.cookies import take_flash
 from tidings.handlers.admin.csrf import csrf_token_for
 from tidings.handlers.admin.forms import refuse_nul
@@ -51,6 +51,14 @@ def setup_routes(panel: web.Application) -> None:
     panel.router.add_get("/notifications", notifications.notifications)
     panel.router.add_post("/notifications", notifications.notifications)
     panel.router.add_get("/audit", audit.audit)
+    panel.router.add_get("/jobs", jobs.jobs)
+    panel.router.add_post("/jobs/retry", jobs.retry_job)
+    panel.router.add_post("/jobs/discard", jobs.discard_job)
+    panel.router.add_post("/users/{user_id}/password-reset", users.send_password_reset)
+    panel.router.add_get("/api-keys", api_keys.api_keys)
+    panel.router.add_post("/api-keys", api_keys.create_key)
+    panel.router.add_get("/api-keys/{key_id}/revoke", api_keys.revoke_page)
+    panel.router.add_post("/api-keys/{key_id}/revoke", api_keys.revoke_key)
 
 
 def create_admin_app() -> web.Application:

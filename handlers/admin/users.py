@@ -15,7 +15,7 @@ from tidings.handlers.admin.cookies import redirect
 from tidings.handlers.admin.forms import PAGE_SIZE, SEND_SENTENCES, actor, form_sentences
 from tidings.handlers.schemas import PASSWORD, AdminUpdateUserSchema, SendNotificationSchema, UserListQuerySchema
 from tidings.server.adapters.errors import ApiError, Conflict
-from tidings.server.keys import accounts_key, gauge_key, notifications_key, sessions_key
+from tidings.server.keys import account_email_key, accounts_key, gauge_key, notifications_key, sessions_key
 
 
 def _tristate(value: str | None) -> bool | None:
@@ -103,6 +103,14 @@ async def set_admin(request: web.Request) -> web.StreamResponse:
     return await _change_user(
         request, {"is_admin": admin}, "Admin rights granted." if admin else "Admin rights removed."
     )
+
+
+async def send_password_reset(request: web.Request) -> web.StreamResponse:
+    """Mail the user a password reset link (audited); their password stays until they use it."""
+    user = await _user(request)
+    await request.config_dict[account_email_key].send_reset_by_admin(actor(request), user)
+    text = f"A password reset link is on its way to {user.email}."
+    raise redirect(request, f"/admin/users/{user.id}", kind="success", text=text)
 
 
 async def revoke_sessions(request: web.Request) -> web.StreamResponse:

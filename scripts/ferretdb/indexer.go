@@ -34,11 +34,11 @@ import (
 // sessions and receipts by user; users by email and username keys and by search key;
 // read receipts by dispatch and by notification; everything by day for retention;
 // the log of sends and its tallies by page and fold slot; the audit log by actor,
-// action and target).
+// action and target; API keys by the SHA-256 of their secret).
 var defaultIndexFields = []string{
 	"recipient_id", "user_id", "email_key", "username_key", "dispatch_id",
 	"unread_by", "broadcast_page", "search_keys", "notification_id", "created_day", "log_page", "fold_slot",
-	"inbox_page", "actor_id", "action", "target_id",
+	"inbox_page", "actor_id", "action", "target_id", "key_hash",
 }
 
 // fieldName is what -index-fields accepts: a plain top-level field name. FerretDB

@@ -1,7 +1,11 @@
 """Every message the broker carries between processes: its topic, and how it is encoded and decoded.
 
-Two topics. `auth` carries invalidations of cached user and session state, "u:<user id>" or "s:<session id>".
-`notify` carries a batch of stored notifications as JSON, [[recipient id or null, public notification], ...].
+Two topics. `auth` carries invalidations of cached user, session and API key state, "u:<user id>", "s:<session id>"
+or "k:<API key id>".
+`auth` is the control channel every process holds. `notify`, which every process holds too, carries broadcasts;
+`notify:u` is routed, a channel per user (`notify:u:<user id>`) held only by the processes with a socket of that
+user, and carries that user's notifications. Both carry a batch of stored notifications as JSON,
+[[recipient id or null, public notification], ...].
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from typing import Any, Literal
 
 AUTH_TOPIC = "auth"
 NOTIFY_TOPIC = "notify"
+USER_TOPIC = "notify:u"
 
-AuthKind = Literal["user", "session"]
-_AUTH_PREFIXES: dict[AuthKind, bytes] = {"user": b"u:", "session": b"s:"}
+AuthKind = Literal["user", "session", "key"]
+_AUTH_PREFIXES: dict[AuthKind, bytes] = {"user": b"u:", "session": b"s:", "key": b"k:"}
 _AUTH_KINDS: dict[bytes, AuthKind] = {prefix: kind for kind, prefix in _AUTH_PREFIXES.items()}
 
 # A notification as clients see it; `recipient` None is a broadcast.
@@ -24,7 +29,7 @@ Delivery = tuple[str | None, dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class AuthChange:
-    """A user changed (state, rights, tokens) or a session was revoked: caches of it must go."""
+    """A user changed (state, rights, tokens), a session or an API key was revoked: caches of it must go."""
 
     kind: AuthKind
     key: str
@@ -50,6 +55,21 @@ def decode_auth(message: bytes) -> AuthChange:
 
 def encode_notifications(deliveries: Iterable[Delivery]) -> bytes:
     return json.dumps([[recipient, notification] for recipient, notification in deliveries]).encode()
+
+
+def route_notifications(deliveries: Iterable[Delivery]) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The broadcasts' message (None without any) for NOTIFY_TOPIC, and one message per recipient for USER_TOPIC."""
+    broadcasts: list[Delivery] = []
+    by_user: dict[str, list[Delivery]] = {}
+    for delivery in deliveries:
+        if delivery[0] is None:
+            broadcasts.append(delivery)
+        else:
+            by_user.setdefault(delivery[0], []).append(delivery)
+    return (
+        encode_notifications(broadcasts) if broadcasts else None,
+        [(user_id, encode_notifications(batch)) for user_id, batch in by_user.items()],
+    )
 
 
 def decode_notifications(message: bytes) -> list[Delivery]:

@@ -63,6 +63,13 @@ class Forbidden(ApiError):
     message = "You are not allowed to do this."
 
 
+class InsufficientScope(Forbidden):
+    """An API key without the scope an endpoint needs (or an endpoint no key may call)."""
+
+    code = "insufficient_scope"
+    message = "This API key's scopes do not allow this request."
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"
@@ -73,6 +80,16 @@ class Conflict(ApiError):
     status = 409
     code = "conflict"
     message = "This conflicts with existing data."
+
+
+class IdempotencyKeyInUse(Conflict):
+    code = "idempotency_key_in_use"
+    message = "A request with this Idempotency-Key is still running; retry shortly."
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    code = "idempotency_key_reused"
+    message = "This Idempotency-Key was used with another request; use a new key for a new request."
 
 
 class TooManyRequests(ApiError):

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 # INCR only an existing key: a missing one answers nil, so that no process mistakes a fresh 1 for the next number.
@@ -138,6 +139,10 @@ class InboxNumbering:
         """The last number given to `user`, or None when the counter does not exist."""
         raise NotImplementedError
 
+    async def newest(self, user: str) -> str | None:
+        """The id the last number went to, or None when the counter does not exist or has numbered nothing."""
+        raise NotImplementedError
+
     async def start_after(self, user: str, value: int) -> None:
         """Make the user's next number `value + 1`, unless another process started the counter first."""
         raise NotImplementedError
@@ -148,10 +153,25 @@ class RedisInboxNumbering(InboxNumbering):
         self._redis = redis
         self._prefix = f"{prefix}inbox:"
         self._assign = redis.register_script(_ASSIGN)
+        # A Redis Cluster (settings.redis_cluster): script keys must share a slot.
+        self._cluster: RedisCluster | None = redis if isinstance(cast(Any, redis), RedisCluster) else None  # type: ignore[assignment]
 
     async def assign(self, pairs: list[tuple[str, str]]) -> list[tuple[int, str] | None]:
         if not pairs:
             return []
+        if self._cluster is not None:
+            # One script call per slot: a script's keys must share one on a Redis Cluster.
+            slots: dict[int, list[int]] = {}
+            for index, (user, _) in enumerate(pairs):
+                slots.setdefault(self._cluster.keyslot(self._prefix + user), []).append(index)
+            numbered: list[tuple[int, str] | None] = [None] * len(pairs)
+            for indexes in slots.values():
+                for index, item in zip(indexes, await self._assign_some([pairs[i] for i in indexes]), strict=True):
+                    numbered[index] = item
+            return numbered
+        return await self._assign_some(pairs)
+
+    async def _assign_some(self, pairs: list[tuple[str, str]]) -> list[tuple[int, str] | None]:
         try:
             result = await self._assign(
                 keys=[self._prefix + user for user, _ in pairs], args=[INBOX_COUNTER_TTL, *(oid for _, oid in pairs)]
@@ -166,6 +186,13 @@ class RedisInboxNumbering(InboxNumbering):
         except (RedisError, OSError) as exc:
             raise NumberingUnavailable(str(exc)) from exc
         return None if value is None else int(value)
+
+    async def newest(self, user: str) -> str | None:
+        try:
+            value = await self._redis.hget(self._prefix + user, "last")
+        except (RedisError, OSError) as exc:
+            raise NumberingUnavailable(str(exc)) from exc
+        return None if value is None else _text(value)
 
     async def start_after(self, user: str, value: int) -> None:
         key = self._prefix + user
@@ -204,6 +231,10 @@ class MemoryInboxNumbering(InboxNumbering):
     async def current(self, user: str) -> int | None:
         counter = self._counters.get(user)
         return None if counter is None else counter[0]
+
+    async def newest(self, user: str) -> str | None:
+        counter = self._counters.get(user)
+        return counter[1] or None if counter is not None else None
 
     async def start_after(self, user: str, value: int) -> None:
         if user not in self._counters:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import time
 import uuid
 
@@ -16,7 +18,10 @@ from tidings.server.realtime.hub import Hub
 class ConnectionGauge:
     """Each process writes its socket count into one Redis hash every `interval` seconds, and its sockets per user
     into a hash of its own (which expires when it stops writing); readers sum the entries fresher than three
-    intervals (a process that died stops counting)."""
+    intervals (a process that died stops counting).
+
+    Beside them, into "<prefix>ws:routing", what its broker holds and has received by kind of channel (its pid, the
+    user channels it holds, the messages of each kind): routing at work, for operators and the routing test."""
 
     def __init__(self, hub: Hub, redis: aioredis.Redis | None, prefix: str, interval: float) -> None:
         self._hub = hub
@@ -25,6 +30,7 @@ class ConnectionGauge:
         self._field = uuid.uuid4().hex
         # "<prefix>ws:users:<process>": user id -> that process's sockets of the user.
         self._users_prefix = f"{prefix}ws:users:"
+        self._routing_key = f"{prefix}ws:routing"
         self._interval = interval
         self._reported_users: dict[str, int] | None = None
 
@@ -37,12 +43,16 @@ class ConnectionGauge:
                 with contextlib.suppress(RedisError, OSError):
                     await self._redis.hset(self._key, self._field, f"{self._hub.connections()}:{time.time():.0f}")
                     await self._report_users(self._redis)
+                    routing = {"pid": os.getpid(), "at": round(time.time()), **self._hub.routing()}
+                    await self._redis.hset(self._routing_key, self._field, json.dumps(routing))
                 await asyncio.sleep(self._interval)
         finally:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(self._redis.hdel(self._key, self._field), 1.0)
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(self._redis.delete(self._users_prefix + self._field), 1.0)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(self._redis.hdel(self._routing_key, self._field), 1.0)
 
     async def _report_users(self, redis: aioredis.Redis) -> None:
         """This process's sockets per user, rewritten whole when they changed (or the hash expired), else only

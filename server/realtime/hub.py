@@ -4,6 +4,11 @@ A socket is tracked from its upgrade, opened (registered, told "ready", then liv
 closed here; the handler only speaks the protocol. Live frames for a socket are held from its registration until
 "ready" is written, and during a replay, so a client sees no gap and no duplicate.
 
+Routing: the process holds the channel of each user it has a socket of (broker.hold while the socket is
+registered), plus the broadcast and control channels; a socket says "ready" only once its user's channel is
+subscribed, and what was published for it between its registration and that moment is read from MongoDB
+(`_fill_window`), so nothing sent after a socket registered is missed.
+
 Delivery writes pre-built WebSocket frames straight to each socket's transport: a broadcast is serialized and
 framed once, whatever the number of sockets, and no per-socket task or queue exists. The transport's write
 buffer is the bounded send queue: a socket whose buffer would pass `ws_send_buffer_bytes` is closed with
@@ -16,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,12 +29,14 @@ from aiohttp import web
 from beanie import PydanticObjectId
 from bson import ObjectId
 
+from tidings.documents.clock import utcnow
 from tidings.documents.ids import parse_object_id
-from tidings.server.adapters.broker import Broker
+from tidings.server.adapters.broker import Broker, Held
 from tidings.server.adapters.coalesce import Coalescer
 from tidings.server.adapters.codecs import (
     AUTH_TOPIC,
     NOTIFY_TOPIC,
+    USER_TOPIC,
     MalformedMessage,
     decode_auth,
     decode_notifications,
@@ -61,6 +68,7 @@ class Connection:
         "delivered",
         "expires_at",
         "last_id",
+        "opened_at",
         "pending",
         "pending_bytes",
         "replayed",
@@ -89,6 +97,8 @@ class Connection:
         self.expires_at = expires_at
         # The newest notification id this socket was sent (or, before any, the position it started from).
         self.last_id = start_id
+        # When it registered: live delivery covers what was published from then on.
+        self.opened_at = utcnow()
         # While replaying from MongoDB, live frames wait here: (id, frame).
         self.pending: list[tuple[str, bytes]] | None = None
         self.pending_bytes = 0
@@ -106,6 +116,7 @@ class Hub:
         self, settings: Settings, broker: Broker, notifications: NotificationService, authenticator: Authenticator
     ) -> None:
         self._settings = settings
+        self._broker = broker
         self._notifications = notifications
         self._authenticator = authenticator
         # Lists, not sets: one per connected user, and a user has a few sockets at most (ws_max_per_user).
@@ -123,7 +134,8 @@ class Hub:
         self._missed: Coalescer[tuple[PydanticObjectId, PydanticObjectId], list[dict[str, Any]]] = Coalescer(
             lambda key: notifications.after(key[0], key[1], REPLAY_BATCH), read_slots
         )
-        broker.subscribe(NOTIFY_TOPIC, self._on_notify)
+        broker.subscribe(NOTIFY_TOPIC, self._on_notify)  # broadcasts
+        broker.route(USER_TOPIC, self._on_notify)  # the users this process holds sockets of
         broker.subscribe(AUTH_TOPIC, self._on_auth)
         broker.on_connect(self._on_broker_connect)
         broker.on_disconnect(self._on_broker_disconnect)
@@ -149,6 +161,10 @@ class Hub:
     def socket_count(self) -> int:
         """Every socket, authenticated or not."""
         return len(self._sockets)
+
+    def routing(self) -> dict[str, Any]:
+        """What this process's broker holds and has received, by kind of channel (the gauge reports it)."""
+        return {"held": self._broker.held(), "received": dict(self._broker.received)}
 
     def track(self, ws: web.WebSocketResponse) -> None:
         """From the upgrade on, so that shutdown closes the socket even before it authenticates."""
@@ -178,19 +194,62 @@ class Hub:
             start_id=str(ObjectId.from_datetime(datetime.now(UTC))),
         )
         conn.pending = []  # held until "ready" is written
-        if not self._add(conn):
+        subscribed = self._add(conn)
+        if subscribed is None:
             await ws.close(code=CloseCode.TOO_MANY_CONNECTIONS, message=b"too many connections for this user")
             return None
         try:
+            held = await subscribed
             user_oid = parse_object_id(principal.user_id)
             assert user_oid is not None  # it came from a token this server signed
-            unread = await self._unread.get(user_oid)
+            # Both reads before "ready": once the client has it, its socket answers at once (pings included).
+            if held is Held.NEW:
+                unread, missed = await asyncio.gather(self._unread.get(user_oid), self._window(conn, user_oid))
+            else:
+                unread, missed = await self._unread.get(user_oid), []
             await ws.send_json({"type": "ready", "user_id": principal.user_id, "unread": unread})
+            self._fill_window(conn, missed)
         except BaseException:
             self.remove(conn)
             raise
         self.go_live(conn)
         return conn
+
+    async def _window(self, conn: Connection, user_oid: PydanticObjectId) -> list[dict[str, Any]]:
+        """What was published for the user between the socket's registration and its channel's subscription taking
+        effect: the direct notifications made since it registered (a subscription confirmed after a read would
+        leave a gap; this read starts once it is confirmed).
+
+        Broadcasts have no window (every process holds their channel). The time is the creating process's clock,
+        to the millisecond; a notification made before the socket registered is the client's to read (its unread
+        count, its inbox, a resume), as it always was.
+        """
+        after_oid = PydanticObjectId(ObjectId.from_datetime(conn.opened_at))
+        if not await self._notifications.numbered_since(user_oid, after_oid):
+            # Nothing numbered for the user since (one Redis read): nothing published either, as a send numbers
+            # first. This spares a reconnect storm a MongoDB read per user.
+            return []
+        missed: list[dict[str, Any]] = []
+        while True:
+            batch = await self._missed.get((user_oid, after_oid))
+            for notification in batch:
+                created = datetime.fromisoformat(notification["created_at"])
+                if not notification["broadcast"] and (created.replace(tzinfo=created.tzinfo or UTC)) >= conn.opened_at:
+                    missed.append(notification)
+            if len(batch) < REPLAY_BATCH:
+                return missed
+            next_oid = parse_object_id(batch[-1]["id"])
+            assert next_oid is not None
+            after_oid = next_oid
+
+    def _fill_window(self, conn: Connection, missed: list[dict[str, Any]]) -> None:
+        """Send the window's notifications that are not among the live frames held meanwhile, before those."""
+        held = {notification_id for notification_id, _ in conn.pending or ()}
+        replayed = [n["id"] for n in missed if n["id"] not in held]
+        for notification in missed:
+            if notification["id"] not in held:
+                self._write(conn, notification["id"], notification_frame(notification))
+        self._remember_replayed(conn, replayed)
 
     def reauthenticate(self, conn: Connection, principal: Principal) -> bool:
         """A fresh access token extends the socket past the old one's expiry; a token for another user closes it."""
@@ -204,15 +263,16 @@ class Hub:
         )
         return True
 
-    def _add(self, conn: Connection) -> bool:
-        """Register an authenticated socket; False when its user is at the connection limit."""
+    def _add(self, conn: Connection) -> Awaitable[Held] | None:
+        """Register an authenticated socket and hold its user's channel; None when its user is at the connection
+        limit. The awaitable says when the channel is subscribed."""
         conns = self._by_user.setdefault(conn.user_id, [])
         if len(conns) >= self._settings.ws_max_per_user:
-            return False
+            return None
         conns.append(conn)
         if self._outage is not None:
             self._outage[conn] = (conn.last_id, set())
-        return True
+        return self._broker.hold(USER_TOPIC, conn.user_id)
 
     def go_live(self, conn: Connection) -> None:
         """Send what arrived while the socket was being set up or replayed, then deliver directly."""
@@ -226,6 +286,7 @@ class Hub:
         conns = self._by_user.get(conn.user_id)
         if conns is not None and conn in conns:
             conns.remove(conn)
+            self._broker.release(USER_TOPIC, conn.user_id)
             if not conns:
                 del self._by_user[conn.user_id]
 

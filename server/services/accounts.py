@@ -25,8 +25,8 @@ from tidings.server.services.notifications import NotificationService
 from tidings.server.services.sessions import SessionService
 
 # Fields a user may change about themselves; is_admin and is_active are never among them.
-SELF_FIELDS = frozenset({"email", "username", "full_name", "bio", "password"})
-ADMIN_FIELDS = SELF_FIELDS | {"is_active", "is_admin"}
+SELF_FIELDS = frozenset({"email", "username", "full_name", "bio", "password", "email_digest"})
+ADMIN_FIELDS = (SELF_FIELDS - {"email_digest"}) | {"is_active", "is_admin"}
 
 
 def change_sentence(field: str, value: Any) -> str:
@@ -124,7 +124,46 @@ class AccountService:
             matches, _ = await self.passwords.verify(user.password_hash, current_password)
             if not matches:
                 raise Forbidden("current_password is incorrect.")
+        if "email" in changes and email_key(changes["email"]) != user.email_key:
+            # A new address takes effect when it confirms (server/services/email_tokens.py); the old one keeps
+            # working meanwhile. Taken now: 409 now; taken before it confirms: 409 then.
+            changes = {**changes}
+            pending = changes.pop("email").strip()
+            if await User.find_one(User.email_key == email_key(pending)):
+                raise Conflict("This email is already taken.", details={"field": "email"})
+            changes["pending_email"] = pending
         return await self._apply(user, changes)
+
+    async def confirm_email(self, user: User, email: str) -> User:
+        """`email` proved itself: it becomes (or stays) the login, verified; a pending change ends. 409 when
+        another account took the address meanwhile (the unique index on email_key decides, under concurrency)."""
+        changes: dict[str, Any] = {"email_verified": True, "pending_email": None}
+        if email_key(email) != user.email_key:
+            changes["email"] = email
+        return await self._apply(user, changes)
+
+    async def reset_password(self, user: User, password: str) -> User:
+        """A password reset from a mailed link: every session of the user ends (tokens and sockets, on every
+        process), and the user is told in the app."""
+        user = await self._apply(user, {"password": password})
+        assert user.id is not None
+        await self.audit.record(
+            Actor(user.id, user.email), "user.password_reset", target_id=user.id, target_label=user.email
+        )
+        await self.notifications.notice(
+            user.id,
+            title="Your password was reset",
+            body="Your password was reset from a link sent to your email address; every session was signed out.",
+            data={"event": "account_changed", "fields": ["password"]},
+            actor=None,
+        )
+        return user
+
+    async def set_reset_nonce(self, user: User, nonce: str) -> None:
+        """A newer password reset: the tokens of the earlier ones no longer check out."""
+        async with self.locks.hold(f"user:{user.id}"):
+            await User.find_one({"_id": user.id}).update({"$set": {"reset_nonce": nonce}})
+        user.reset_nonce = nonce
 
     async def update_by_admin(self, actor: Actor | None, user: User, changes: dict[str, Any]) -> User:
         if not changes.keys() <= ADMIN_FIELDS:
@@ -248,6 +287,10 @@ class AccountService:
         if "email" in changes:
             update["email"] = changes["email"].strip()
             update["email_key"] = email_key(changes["email"])
+            # An address set by an admin is not proven; one confirmed by its link is (confirm_email).
+            same = update["email_key"] == user.email_key
+            update["email_verified"] = bool(changes.get("email_verified", user.email_verified and same))
+            update["pending_email"] = None
         if "username" in changes:
             update["username"] = changes["username"].strip()
             update["username_key"] = username_key(changes["username"])

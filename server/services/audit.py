@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from beanie import PydanticObjectId, SortDirection
 from bson import ObjectId
@@ -21,25 +22,52 @@ ACTIONS: dict[str, str] = {
     "user.updated": "an admin changed an account",
     "user.password_set": "an admin set an account's password",
     "user.sessions_revoked": "an admin ended an account's sessions",
+    "user.password_reset": "a user reset their password from a mailed link",
+    "user.password_reset_sent": "an admin sent a password reset link",
+    "job.retried": "an admin queued a dead-lettered job again",
+    "job.discarded": "an admin discarded a job",
     "user.deleted": "an admin deleted an account",
     "user.deleted_self": "a user deleted their own account",
     "notification.sent": "a notification was sent",
+    "api_key.created": "an admin created an API key",
+    "api_key.revoked": "an admin revoked an API key",
 }
 # What the log's "who" filter takes for changes made by no admin (sign-ups, the command line).
 SYSTEM = "system"
 
 
+SenderType = Literal["user", "key"]
+
+
 @dataclass(frozen=True)
 class Actor:
-    """Who makes a change: an admin through the API or the panel, or None for the system and the CLI."""
+    """Who makes a change: an admin through the API or the panel, an API key (which only sends), or None for the
+    system and the CLI."""
 
     id: PydanticObjectId
-    email: str
+    # A user's email; None for an API key.
+    email: str | None
+    kind: SenderType = "user"
+    # A user's username, or the key's name.
+    name: str | None = None
 
     @classmethod
     def of(cls, principal: Principal) -> Actor:
         """The authenticated admin making a request; its email came with its authentication, so no query here."""
-        return cls(PydanticObjectId(principal.user_id), principal.email)
+        return cls(PydanticObjectId(principal.user_id), principal.email, "user", principal.username or None)
+
+    @classmethod
+    def key(cls, key_id: PydanticObjectId, name: str) -> Actor:
+        return cls(key_id, None, "key", name)
+
+    @property
+    def label(self) -> str:
+        """How the audit log and the panel name it: a user's email, or "API key <name>"."""
+        return (self.email or "") if self.kind == "user" else f"API key {self.name}"
+
+    def sender(self) -> dict[str, Any]:
+        """The `sender` of what it sends, as notifications' JSON shows it."""
+        return {"type": self.kind, "id": str(self.id), "name": self.name}
 
 
 @dataclass(frozen=True)
@@ -106,6 +134,23 @@ def id_range(since: datetime | None, until: datetime | None, before: PydanticObj
     return bounds
 
 
+def _entry(
+    actor: Actor | None,
+    action: str,
+    target_id: PydanticObjectId | None,
+    target_label: str | None,
+    details: dict[str, Any] | None,
+) -> AuditEntry:
+    return AuditEntry(
+        actor_id=actor.id if actor else None,
+        actor_email=actor.label if actor else None,
+        action=action,
+        target_id=target_id,
+        target_label=target_label,
+        details=details or {},
+    )
+
+
 class AuditLog:
     async def record(
         self,
@@ -116,14 +161,16 @@ class AuditLog:
         target_label: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        await AuditEntry(
-            actor_id=actor.id if actor else None,
-            actor_email=actor.email if actor else None,
-            action=action,
-            target_id=target_id,
-            target_label=target_label,
-            details=details or {},
-        ).insert()
+        await _entry(actor, action, target_id, target_label, details).insert()
+
+    async def record_many(
+        self,
+        actor: Actor | None,
+        action: str,
+        targets: Sequence[tuple[PydanticObjectId | None, str | None, dict[str, Any] | None]],
+    ) -> None:
+        """One action on several targets (target id, label, details), in one write: a batch of sends."""
+        await AuditEntry.insert_many([_entry(actor, action, *target) for target in targets])
 
     async def page(self, *, before: str | None = None, limit: int = 50, chosen: AuditFilter | None = None) -> AuditPage:
         """Newest first, keyset-paginated on _id, narrowed to the `chosen` entries. A malformed `before` raises

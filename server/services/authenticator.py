@@ -73,10 +73,11 @@ class UserState:
     is_admin: bool
     token_version: int
     email: str
+    username: str = ""
 
     @classmethod
     def of(cls, user: User) -> UserState:
-        return cls(user.is_active, user.is_admin, user.token_version, user.email)
+        return cls(user.is_active, user.is_admin, user.token_version, user.email, user.username)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ class Principal:
     email: str
     token_expires_at: float
     token_version: int
+    username: str = ""
 
 
 def _public_json(user: User) -> bytes:
@@ -161,6 +163,7 @@ class Authenticator:
             user.email,
             claims.expires_at,
             claims.version,
+            user.username,
         )
 
     async def user_state(self, user_id: str) -> UserState | None:
@@ -259,7 +262,7 @@ class Authenticator:
         if change.kind == "user":
             self._users.pop(change.key, None)
             self._profiles.pop(change.key, None)
-        else:
+        elif change.kind == "session":
             self._sessions.pop(change.key, None)
 
     def clear(self) -> None:

@@ -262,6 +262,16 @@ class InboxPages:
                 above = middle
         return page
 
+    async def numbered_since(self, user_id: PydanticObjectId, oid: PydanticObjectId) -> bool:
+        """Whether a direct notification with an id at or above `oid` may have been numbered for the user: a send
+        numbers before it stores and publishes, so False means none was published either. True when unknown (no
+        counter, or Redis unavailable)."""
+        try:
+            newest = await self.numbering.newest(str(user_id))
+        except NumberingUnavailable:
+            return True
+        return newest is None or newest >= str(oid)
+
     # Forgetting
 
     @staticmethod

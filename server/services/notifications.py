@@ -8,7 +8,7 @@ import heapq
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -20,9 +20,9 @@ from tidings.documents import BroadcastReceipt, Dispatch, Inbox, Notification
 from tidings.documents.clock import day_number, utcnow
 from tidings.documents.ids import new_id, parse_object_id
 from tidings.server.adapters.broker import Broker
-from tidings.server.adapters.codecs import NOTIFY_TOPIC, encode_notifications
+from tidings.server.adapters.codecs import NOTIFY_TOPIC, USER_TOPIC, route_notifications
 from tidings.server.adapters.db import upsert
-from tidings.server.adapters.errors import NotFound, ValidationFailed
+from tidings.server.adapters.errors import ApiError, NotFound, ValidationFailed
 from tidings.server.adapters.locks import Locks
 from tidings.server.adapters.pagination import parse_cursor
 from tidings.server.adapters.tasks import KeyedWork, gather_bounded
@@ -41,6 +41,8 @@ FORGET_BATCH = 5000
 # Users whose read-all still has notifications to mark one by one (clear_read), waiting at once in one process.
 READ_CLEANUP_CAPACITY = 10_000
 CLEAR_CONCURRENCY = 4
+# The sends of a batch prepared at once (recipients resolved, numbers taken): a few MongoDB and Redis round trips each.
+SEND_CONCURRENCY = 8
 BSON_INT_RANGE = range(-(2**63), 2**63)
 
 
@@ -126,6 +128,28 @@ async def _inbox_and_state(user_id: PydanticObjectId) -> tuple[Inbox | None, Bro
     )
 
 
+@dataclass(frozen=True)
+class SendRequest:
+    """One send, as POST /api/v1/notifications takes it (validated by its schema)."""
+
+    title: str
+    body: str
+    data: dict[str, Any] | None = None
+    user_ids: Sequence[str] = ()
+    emails: Sequence[str] = ()
+    usernames: Sequence[str] = ()
+    broadcast: bool = False
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A send ready to be stored: its notifications, its dispatch and what the audit log says of it."""
+
+    notifications: list[Notification]
+    dispatch: Dispatch
+    details: dict[str, Any]
+
+
 def _id_of(notification: Notification) -> PydanticObjectId:
     assert notification.id is not None
     return notification.id
@@ -142,6 +166,8 @@ class NotificationService:
     inbox_pages: InboxPages
     # Read-alls set a watermark and leave the notifications to mark one by one here (the app runs it).
     read_cleanup: KeyedWork[PydanticObjectId] = field(init=False)
+    # Told of every stored notification once it is published (the unread digests record their candidates).
+    sent_hooks: list[Callable[[list[Notification]], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "read_cleanup", KeyedWork(self.clear_read, READ_CLEANUP_CAPACITY, "read-all clean-up"))
@@ -164,21 +190,58 @@ class NotificationService:
         Once this returns they are in MongoDB; a failed publish only delays live delivery, because every
         process catches its sockets up from MongoDB when its subscription comes back.
         """
+        request = SendRequest(title, body, data, tuple(user_ids), tuple(emails), tuple(usernames), broadcast)
+        [outcome] = await self.send_many([request], sender)
+        if isinstance(outcome, ApiError):
+            raise outcome
+        return outcome
+
+    async def send_many(
+        self, requests: Sequence[SendRequest], sender: Actor | None = None
+    ) -> list[list[Notification] | ApiError]:
+        """`send` for several notifications at once (a batch): each is checked, resolved and numbered on its own,
+        and one that fails (an unknown recipient) fails alone, as its ApiError in its place; then what they store,
+        publish and audit is written together, a few writes for them all rather than a few each."""
+        prepared = await gather_bounded((self._prepare(request, sender) for request in requests), SEND_CONCURRENCY)
+        ready = [item for item in prepared if isinstance(item, _Prepared)]
+        if ready:
+            await self._store(ready, sender)
+        return [item if isinstance(item, ApiError) else item.notifications for item in prepared]
+
+    async def _prepare(self, request: SendRequest, sender: Actor | None) -> _Prepared | ApiError:
+        """One send's notifications and dispatch, numbered (a broadcast is stored here, under its lock), or the
+        client's mistake."""
+        title, body, data, broadcast = request.title, request.body, request.data, request.broadcast
         problem = data_problem(data)
         if problem is not None:
-            raise ValidationFailed(details={"data": [problem]})
+            return ValidationFailed(details={"data": [problem]})
         if data is not None and len(json.dumps(data)) > MAX_DATA_BYTES:
-            raise ValidationFailed(details={"data": [f"At most {MAX_DATA_BYTES} bytes of JSON."]})
-        recipients = (
-            [] if broadcast else await resolve_recipients(user_ids=user_ids, emails=emails, usernames=usernames)
-        )
+            return ValidationFailed(details={"data": [f"At most {MAX_DATA_BYTES} bytes of JSON."]})
+        try:
+            recipients = (
+                []
+                if broadcast
+                else await resolve_recipients(
+                    user_ids=request.user_ids, emails=request.emails, usernames=request.usernames
+                )
+            )
+        except ApiError as exc:
+            return exc
         # MongoDB keeps milliseconds: the 201 and live frames must show what the inbox and replays will.
         now = utcnow()
-        sender_id = sender.id if sender else None
+        # An admin's id stays in sender_id, as before `sender` existed; an API key is only in `sender`.
+        sender_id = sender.id if sender and sender.kind == "user" else None
+        sender_json = sender.sender() if sender else None
         if broadcast:
             notifications = [
                 Notification(
-                    title=title, body=body, data=data, sender_id=sender_id, created_at=now, created_day=day_number(now)
+                    title=title,
+                    body=body,
+                    data=data,
+                    sender_id=sender_id,
+                    sender=sender_json,
+                    created_at=now,
+                    created_day=day_number(now),
                 )
             ]
             await self.broadcasts.append(notifications[0])
@@ -194,6 +257,7 @@ class NotificationService:
                     body=body,
                     data=data,
                     sender_id=sender_id,
+                    sender=sender_json,
                     dispatch_id=dispatch_id,
                     created_at=now,
                     created_day=day_number(now),
@@ -204,6 +268,7 @@ class NotificationService:
             id=dispatch_id,
             sender_id=sender_id,
             sender_email=sender.email if sender else None,
+            sender=sender_json,
             title=title,
             body=body,
             broadcast=broadcast,
@@ -216,19 +281,26 @@ class NotificationService:
         await self.dispatch_log.assign(dispatch)
         if not broadcast:
             await self.inbox_pages.assign(notifications)
-            await Notification.insert_many(notifications)
-        await dispatch.insert()
-        await self.publish(notifications)
+        # A broadcast reaches everyone, not "1 recipient" (its one stored document).
+        details: dict[str, Any] = {"audience": "everyone"} if broadcast else {"recipients": len(recipients)}
+        if sender is not None and sender.kind == "key":
+            # An admin is the entry's actor; a key is named there too, and said to be a key here.
+            details["sender"] = sender_json
+        return _Prepared(notifications, dispatch, details)
+
+    async def _store(self, ready: Sequence[_Prepared], sender: Actor | None) -> None:
+        """Store what the sends prepared (broadcasts are stored already), publish them, audit them: a write each."""
+        direct = [n for item in ready if not item.dispatch.broadcast for n in item.notifications]
+        if direct:
+            await Notification.insert_many(direct)
+        await Dispatch.insert_many([item.dispatch for item in ready])
+        await self.publish([n for item in ready for n in item.notifications])
         if sender is not None:
-            await self.audit.record(
+            await self.audit.record_many(
                 sender,
                 "notification.sent",
-                target_id=dispatch.id,
-                target_label=title,
-                # A broadcast reaches everyone, not "1 recipient" (its one stored document).
-                details={"audience": "everyone"} if broadcast else {"recipients": len(recipients)},
+                [(item.dispatch.id, item.dispatch.title, item.details) for item in ready],
             )
-        return notifications
 
     async def notice(
         self, user_id: PydanticObjectId, *, title: str, body: str, data: dict[str, Any], actor: Actor | None
@@ -244,6 +316,7 @@ class NotificationService:
             body=body,
             data=data,
             sender_id=actor.id if actor else None,
+            sender=actor.sender() if actor else None,
             created_at=now,
             created_day=day_number(now),
         )
@@ -253,15 +326,24 @@ class NotificationService:
         return notification
 
     async def publish(self, notifications: list[Notification]) -> None:
+        """Broadcasts on the channel every process holds; the rest on each recipient's own channel, which only the
+        processes with a socket of that user hold."""
+        broadcasts, routed = route_notifications(
+            (str(n.recipient_id) if n.recipient_id else None, n.public(read=False)) for n in notifications
+        )
         try:
-            await self.broker.publish(
-                NOTIFY_TOPIC,
-                encode_notifications(
-                    (str(n.recipient_id) if n.recipient_id else None, n.public(read=False)) for n in notifications
-                ),
-            )
+            if broadcasts is not None:
+                await self.broker.publish(NOTIFY_TOPIC, broadcasts)
+            if routed:
+                await self.broker.publish_routed(USER_TOPIC, routed)
         except Exception as exc:
             log.warning("could not publish notifications; sockets catch up when the broker returns: %s", exc)
+        for hook in self.sent_hooks:
+            try:
+                await hook(notifications)
+            except Exception as exc:
+                # Redis down, as a rule (the digests' due set): the send stands, as for the publish above.
+                log.warning("a notification hook failed: %s", exc)
 
     @staticmethod
     async def broadcast_state(user_id: PydanticObjectId) -> BroadcastState:
@@ -319,6 +401,11 @@ class NotificationService:
         )
         found = list(heapq.merge(direct, broadcasts, key=_id_of))[:limit]
         return [n.public(state.is_read(n)) for n in found]
+
+    async def numbered_since(self, user_id: PydanticObjectId, oid: PydanticObjectId) -> bool:
+        """Whether a direct notification with an id at or above `oid` may have been sent to the user (True when
+        unknown): one Redis read (InboxPages.numbered_since)."""
+        return await self.inbox_pages.numbered_since(user_id, oid)
 
     async def unread_count(self, user_id: PydanticObjectId) -> int:
         state, index = await asyncio.gather(self.broadcast_state(user_id), self.broadcasts.index())

@@ -21,6 +21,11 @@ from tidings.server.services.authenticator import Authenticator, require_admin
 from tidings.server.settings import Settings
 
 
+class EmailNotVerified(Forbidden):
+    code = "email_not_verified"
+    message = "Confirm your email address first: follow the link in the mail sent to it."
+
+
 @dataclass(frozen=True)
 class TokenPair:
     access_token: str
@@ -52,6 +57,8 @@ class SessionService:
     async def login(self, email: str, password: str, address: str, user_agent: str | None) -> TokenPair:
         """Check the password (rate-limited per account and per address) and open a session."""
         user = await self._check_password(email, password, address)
+        if self.settings.require_verified_email and not user.email_verified:
+            raise EmailNotVerified()
         session_id, refresh_jti = await self._open(user, user_agent, self.settings.refresh_token_ttl)
         return self._pair(user, session_id, refresh_jti)
 

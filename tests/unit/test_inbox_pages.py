@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from beanie import PydanticObjectId
 
 from tidings.documents.notification import INBOX_PAGE_SIZE, inbox_page_key, page_of_key
+from tidings.server.adapters.locks import Locks
 from tidings.server.adapters.numbering import MemoryInboxNumbering, id_above
-from tidings.server.services.inbox_pages import pages_for, restart_value
+from tidings.server.services.inbox_pages import InboxPages, pages_for, restart_value
 
 pytestmark = pytest.mark.unit
 
@@ -48,7 +51,20 @@ async def test_memory_numbering_orders_ids_by_number_and_starts_missing() -> Non
     newer, older = "65f000000000000000000009", "65f000000000000000000003"
     assert await numbering.assign([("u1", newer), ("u1", older)]) == [(25, newer), (26, id_above(newer))]
     assert await numbering.current("u1") == 26
+    assert await numbering.newest("u1") == id_above(newer)
     await numbering.start_after("u2", -1)
     await numbering.start_after("u3", -1)  # past capacity: the least recently used counter goes
     assert await numbering.current("u1") is None
     assert await numbering.assign([("u3", older)]) == [(0, older)]
+
+
+async def test_numbered_since_says_whether_a_send_may_have_reached_the_user_since_an_id() -> None:
+    numbering = MemoryInboxNumbering()
+    pages = InboxPages(numbering, cast(Locks, None))
+    user, before, after = PydanticObjectId(), "65f000000000000000000005", "65f000000000000000000009"
+    assert await pages.numbered_since(user, PydanticObjectId(after))  # no counter: unknown, so yes
+    await numbering.start_after(str(user), -1)
+    assert await pages.numbered_since(user, PydanticObjectId(after))  # a counter that numbered nothing yet
+    await numbering.assign([(str(user), before)])
+    assert not await pages.numbered_since(user, PydanticObjectId(after))
+    assert await pages.numbered_since(user, PydanticObjectId(before))
