@@ -1163,6 +1163,15 @@ def ferretdb_version(db_info: dict[str, Any], pid: int | None) -> str:
     return f"{version}, MongoDB wire version {db_info.get('version', '?')}"
 
 
+def ferretdb_backend(pid: int | None) -> str:
+    """The storage of the FerretDB that answers (from its command line): PostgreSQL or SQLite."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid is not None else []
+    except OSError:
+        argv = []
+    return "PostgreSQL" if b"postgresql" in argv else "SQLite" if argv else "unknown"
+
+
 def machine() -> str:
     memory = "?"
     try:
@@ -1181,7 +1190,7 @@ def report(meta: dict[str, Any], sizes: list[SizeResult], bench: Bench) -> str:
         f"(fewer once it has taken {meta['op_seconds']:g} s, at least 1; each bounded by {meta['timeout']:g} s)",
         "",
         f"- {meta['date']}; {meta['machine']}",
-        f"- Python {meta['python']}; FerretDB {meta['ferretdb']} (SQLite); Redis on 127.0.0.1",
+        f"- Python {meta['python']}; FerretDB {meta['ferretdb']} ({meta.get('backend', '?')}); Redis on 127.0.0.1",
         f"- server: one `tidings serve` process (uvloop); {meta['server']}",
         f"- seeding: {meta['users']:,} users and the probe's {PROBE_HISTORY} notifications in "
         f"{meta['users_seconds']:.1f} s (one argon2id hash, reused); "
@@ -1357,6 +1366,7 @@ async def run_sizes(args: argparse.Namespace) -> int:
             "machine": machine(),
             "python": f"{platform.python_implementation()} {platform.python_version()}",
             "ferretdb": ferretdb_version(info, bench.ferretdb_pid),
+            "backend": ferretdb_backend(bench.ferretdb_pid),
             "ferretdb_pid": bench.ferretdb_pid,
             "server": server_settings(server.env),
             "mongodb_timeout": settings.mongodb_timeout,

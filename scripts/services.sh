@@ -173,6 +173,16 @@ pid_of() {
     fi
 }
 
+# FerretDB and PostgreSQL run under SCHED_BATCH, which never preempts on wakeup:
+# where they share a few cores with the server, a query's arrival must not take
+# the core from the server's event loop in the middle of a burst (a reconnect
+# storm); they run on an idle core, or once the loop's slice ends
+# (docs/scaling.md). Any user may choose it for their own processes.
+BATCH=()
+if command -v chrt >/dev/null 2>&1; then
+    BATCH=(chrt --batch 0)
+fi
+
 # detached LOG CMD...: runs CMD in a new session (it survives this shell and its
 # terminal), stdin from /dev/null, output appended to LOG, and without any other
 # file descriptor inherited from the caller (an inherited pipe would keep e.g.
@@ -241,14 +251,14 @@ start_mongodb() {
     if [ -z "$pid" ] && [ "$FERRETDB_BACKEND" = postgresql ]; then
         start_postgresql
         say "mongodb: starting FerretDB on 127.0.0.1:$port (PostgreSQL backend on 127.0.0.1:$POSTGRESQL_PORT, log in .data/ferretdb.log)"
-        (detached "$log" nohup "$FERRETDB_BIN" -listen "127.0.0.1:$port" -handler postgresql \
+        (detached "$log" "${BATCH[@]}" nohup "$FERRETDB_BIN" -listen "127.0.0.1:$port" -handler postgresql \
             -postgresql-url "$(postgresql_url)" -log-level warn) &
         pid=$!
         echo "$pid" >"$DATA/ferretdb.pid"
     elif [ -z "$pid" ]; then
         mkdir -p "$DATA/ferretdb"
         say "mongodb: starting FerretDB on 127.0.0.1:$port (data in .data/ferretdb/, log in .data/ferretdb.log)"
-        (detached "$log" nohup "$FERRETDB_BIN" -listen "127.0.0.1:$port" -handler sqlite -data "$DATA/ferretdb" \
+        (detached "$log" "${BATCH[@]}" nohup "$FERRETDB_BIN" -listen "127.0.0.1:$port" -handler sqlite -data "$DATA/ferretdb" \
             -log-level warn) &
         pid=$!
         echo "$pid" >"$DATA/ferretdb.pid"
@@ -491,10 +501,10 @@ start_postgresql() {
         (
             cd "$PG_DIR"
             if [ "$(id -u)" = 0 ]; then
-                detached "$PG_LOG" runuser -u "$PG_SYSTEM_USER" -- "$bin/pg_ctl" start -w -t "$WAIT_SECONDS" \
+                detached "$PG_LOG" "${BATCH[@]}" runuser -u "$PG_SYSTEM_USER" -- "$bin/pg_ctl" start -w -t "$WAIT_SECONDS" \
                     -D "$PG_DATA" -l "$PG_LOG" -o "$options"
             else
-                detached "$PG_LOG" "$bin/pg_ctl" start -w -t "$WAIT_SECONDS" \
+                detached "$PG_LOG" "${BATCH[@]}" "$bin/pg_ctl" start -w -t "$WAIT_SECONDS" \
                     -D "$PG_DATA" -l "$PG_LOG" -o "$options"
             fi
         ) || {

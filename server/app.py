@@ -82,6 +82,8 @@ from tidings.server.settings import Settings
 log = logging.getLogger(__name__)
 # Creating the indexes of a fresh database takes a few seconds on FerretDB; on a big MongoDB collection, minutes.
 INDEXES_TIMEOUT = 300.0
+# How long start-up waits for the broker's subscription (Redis answered a ping a moment before).
+BROKER_START_TIMEOUT = 5.0
 
 
 async def _retry_until_ready(what: str, probe: Callable[[], Awaitable[object]], limit: float) -> None:
@@ -259,8 +261,19 @@ def _email_ctx(app: web.Application) -> None:
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Run the process's one subscription for the app's lifetime; cancelled and awaited on the way out."""
-    task = asyncio.create_task(app[broker_key].run(), name="broker")
+    """Run the process's one subscription for the app's lifetime; cancelled and awaited on the way out.
+
+    The server listens only once the subscription is live (or BROKER_START_TIMEOUT passed): until then no cache may
+    be trusted, and the first seconds after a restart, when every socket reconnects, are when caches count most.
+    """
+    broker = app[broker_key]
+    subscribed = asyncio.Event()
+    broker.on_connect(subscribed.set)
+    task = asyncio.create_task(broker.run(), name="broker")
+    try:
+        await asyncio.wait_for(subscribed.wait(), BROKER_START_TIMEOUT)
+    except TimeoutError:
+        log.warning("the broker's subscription is not live yet; serving without it until it is")
     yield
     await cancel_and_wait(task)
 

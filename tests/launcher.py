@@ -432,7 +432,9 @@ class FerretDBProcess(ServiceProcess):
         self.data_dir = data_dir
         self.database: str | None = None  # the PostgreSQL database, once created
         self._drop: weakref.finalize[[str], FerretDBProcess] | None = None
-        argv = [str(FERRETDB), "-listen", f"{HOST}:{port}", "-log-level", "warn"]
+        # SCHED_BATCH, as scripts/services.sh starts the project's: its wakeups do not preempt the server.
+        batch = ["chrt", "--batch", "0"] if shutil.which("chrt") else []
+        argv = [*batch, str(FERRETDB), "-listen", f"{HOST}:{port}", "-log-level", "warn"]
         if backend == "sqlite":
             argv += ["-handler", "sqlite", "-data", str(data_dir)]
         super().__init__(name, argv, log_dir, port)

@@ -277,8 +277,7 @@ class Hub:
     def go_live(self, conn: Connection) -> None:
         """Send what arrived while the socket was being set up or replayed, then deliver directly."""
         pending, conn.pending, conn.pending_bytes = conn.pending or [], None, 0
-        for notification_id, frame in pending:
-            self._write(conn, notification_id, frame)
+        self._write_all(conn, pending)
 
     def remove(self, conn: Connection) -> None:
         if self._outage is not None:
@@ -334,23 +333,31 @@ class Hub:
         self._write(conn, notification_id, frame)
 
     def _write(self, conn: Connection, notification_id: str, frame: bytes) -> None:
+        self._write_all(conn, [(notification_id, frame)])
+
+    def _write_all(self, conn: Connection, frames: list[tuple[str, bytes]]) -> None:
+        """Write notification frames in one transport write: each write to a socket is a system call, the largest
+        cost of a reconnect storm, where every socket gets its replay at once."""
         transport = conn.transport
-        if transport.is_closing():
+        if not frames or transport.is_closing():
             return
-        if transport.get_write_buffer_size() + len(frame) > self._settings.ws_send_buffer_bytes:
+        data = frames[0][1] if len(frames) == 1 else b"".join(frame for _, frame in frames)
+        if transport.get_write_buffer_size() + len(data) > self._settings.ws_send_buffer_bytes:
             self.close(conn, CloseCode.SLOW_CLIENT, "send buffer full; reconnect and resume")
             return
-        transport.write(frame)
-        if self._outage is not None and conn in self._outage:
-            self._outage[conn][1].add(notification_id)
-        if conn.delivered is not None:
-            # Only a resume right after "ready" needs these; a socket that never resumes stops tracking.
-            if len(conn.delivered) >= MAX_TRACKED:
-                conn.delivered = None
-            else:
-                conn.delivered.append(notification_id)
-        if notification_id > conn.last_id:  # same-length hex ids compare like the ObjectIds
-            conn.last_id = notification_id
+        transport.write(data)
+        outage = self._outage.get(conn) if self._outage is not None else None
+        for notification_id, _ in frames:
+            if outage is not None:
+                outage[1].add(notification_id)
+            if conn.delivered is not None:
+                # Only a resume right after "ready" needs these; a socket that never resumes stops tracking.
+                if len(conn.delivered) >= MAX_TRACKED:
+                    conn.delivered = None
+                else:
+                    conn.delivered.append(notification_id)
+            if notification_id > conn.last_id:  # same-length hex ids compare like the ObjectIds
+                conn.last_id = notification_id
 
     async def replay(
         self, conn: Connection, after: str, *, held: bool = False, skip: frozenset[str] = frozenset()
@@ -373,11 +380,13 @@ class Hub:
         try:
             while user_oid is not None and after_oid is not None and not conn.closing:
                 batch = await self._missed.get((user_oid, after_oid))
+                frames: list[tuple[str, bytes]] = []
                 for notification in batch:
                     if notification["id"] not in sent:
-                        self._write(conn, notification["id"], notification_frame(notification))
+                        frames.append((notification["id"], notification_frame(notification)))
                         sent.add(notification["id"])
                         replayed.append(notification["id"])
+                self._write_all(conn, frames)
                 if len(batch) < REPLAY_BATCH:
                     break
                 next_oid = parse_object_id(batch[-1]["id"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from beanie import PydanticObjectId
@@ -25,30 +26,41 @@ from tidings.server.adapters.locks import Locks
 BROADCASTS_LOCK = "broadcasts"
 # Retention changes the index (first_kept) without a publish: a cached copy is read again after this long.
 INDEX_CACHE_SECONDS = 1.0
+# Full pages of broadcasts kept per process (each BROADCAST_PAGE_SIZE notifications, a few kB apiece).
+PAGES_CACHED = 64
 
 
 class IndexCache:
-    """The broadcast index as this process last read it: every inbox read, unread count and replay needs it, and a
-    reconnect storm read it once per user (8% of the server's CPU, through pymongo).
+    """The broadcast index as this process last read it, and the pages of broadcasts read under it: every inbox
+    read, unread count and replay needs the index and a page or two, the same for every user. A reconnect storm
+    read them once per user (the index alone was 8% of the server's CPU, through pymongo).
 
-    Trusted only while the broker is connected, so that the publish of every new broadcast reaches this process and
-    drops the copy first: a replay that starts after a broadcast's live frame arrived reads the index afresh, and
-    one that starts before holds that frame back and sends it after (realtime/hub.py). A read that began before a
-    drop is not kept.
+    The index copy is trusted only while the broker is connected, so that the publish of every new broadcast
+    reaches this process and drops the copy first: a replay that starts after a broadcast's live frame arrived
+    reads the index afresh, and one that starts before holds that frame back and sends it after (realtime/hub.py).
+    A read that began before a drop is not kept.
+
+    A full page (every number on it counted by the index) never changes but for retention deleting it, which
+    readers filter out by the index's `first_kept`: full pages are kept, the most recently used PAGES_CACHED. The
+    newest page still fills up: it is kept only together with the index copy it was read under, and goes with it.
     """
 
-    def __init__(self, broker: Broker, ttl: float = INDEX_CACHE_SECONDS) -> None:
+    def __init__(self, broker: Broker, ttl: float = INDEX_CACHE_SECONDS, pages: int = PAGES_CACHED) -> None:
         self._broker = broker
         self._ttl = ttl
         self._index: BroadcastIndex | None = None
         self._read_at = 0.0
         self._drops = 0
+        self._pages_cached = pages
+        self._full_pages: OrderedDict[int, list[Notification]] = OrderedDict()
+        self._newest_page: tuple[int, list[Notification]] | None = None
         broker.subscribe(NOTIFY_TOPIC, self._on_notify)
         broker.on_connect(self.drop)
         broker.on_disconnect(self.drop)
 
     def drop(self) -> None:
         self._index = None
+        self._newest_page = None
         self._drops += 1
 
     def _on_notify(self, payload: bytes) -> None:
@@ -64,6 +76,32 @@ class IndexCache:
         if drops == self._drops and self._broker.connected:
             self._index, self._read_at = index, started
         return index
+
+    @property
+    def drops(self) -> int:
+        """Changes with every drop: a page read that began before one is not kept under the new copy."""
+        return self._drops
+
+    def page(self, index: BroadcastIndex, number: int) -> list[Notification] | None:
+        """A copy of page `number` that is right for `index`, or None (read it)."""
+        if _is_full(index, number):
+            found = self._full_pages.get(number)
+            if found is not None:
+                self._full_pages.move_to_end(number)
+            return found
+        if index is self._index and self._newest_page is not None and self._newest_page[0] == number:
+            return self._newest_page[1]
+        return None
+
+    def keep(self, index: BroadcastIndex, number: int, found: list[Notification], drops: int) -> None:
+        """Keep page `number` as read for `index` (`drops`: `self.drops` when the read began)."""
+        if _is_full(index, number):
+            self._full_pages[number] = found
+            self._full_pages.move_to_end(number)
+            while len(self._full_pages) > self._pages_cached:
+                self._full_pages.popitem(last=False)
+        elif index is self._index and drops == self._drops:
+            self._newest_page = (number, found)
 
 
 async def read_index() -> BroadcastIndex:
@@ -81,11 +119,18 @@ class Broadcasts:
             return await read_index()
         return await self.cache.get()
 
-    @staticmethod
-    async def page(number: int) -> list[Notification]:
-        """One page of broadcasts, in id order (index: broadcast_page, _id)."""
-        found = await Notification.find({"broadcast_page": number}).to_list()
-        return sorted(found, key=_id_of)
+    async def page(self, index: BroadcastIndex, number: int) -> list[Notification]:
+        """One page of broadcasts as `index` counts them, in id order (index: broadcast_page, _id); this
+        process's copy when it has one (IndexCache). Shared between readers: never change what it returns."""
+        cached = self.cache.page(index, number) if self.cache is not None else None
+        if cached is not None:
+            # Retention may have deleted the page's oldest since it was read.
+            return cached if not cached or _seq_of(cached[0]) >= index.first_kept else _kept(index, cached)
+        drops = self.cache.drops if self.cache is not None else 0
+        found = sorted(await Notification.find({"broadcast_page": number}).to_list(), key=_id_of)
+        if self.cache is not None:
+            self.cache.keep(index, number, found, drops)
+        return found
 
     async def append(self, notification: Notification) -> None:
         """Give a new broadcast its id (also its dispatch's) and number, and store it.
@@ -120,7 +165,7 @@ class Broadcasts:
         number = bisect.bisect_right(index.page_starts, oid) - 1
         if number < 0:
             return index.first_kept
-        seqs = [_seq_of(n) for n in await self.page(number) if _id_of(n) <= oid and _seq_of(n) < index.made]
+        seqs = [_seq_of(n) for n in await self.page(index, number) if _id_of(n) <= oid and _seq_of(n) < index.made]
         return max([index.first_kept, number * BROADCAST_PAGE_SIZE, *(seq + 1 for seq in seqs)])
 
     async def newest(
@@ -137,7 +182,7 @@ class Broadcasts:
         number = len(starts) - 1 if before is None else bisect.bisect_left(starts, before) - 1
         found: list[Notification] = []
         while number >= 0 and len(found) < limit:
-            page = await self.page(number)
+            page = await self.page(index, number)
             found.extend(
                 n
                 for n in reversed(page)
@@ -154,9 +199,18 @@ class Broadcasts:
         number = max(bisect.bisect_right(starts, after) - 1, 0)
         found: list[Notification] = []
         while number < len(starts) and len(found) < limit:
-            found.extend(n for n in await self.page(number) if _id_of(n) > after)
+            found.extend(n for n in await self.page(index, number) if _id_of(n) > after)
             number += 1
         return found[:limit]
+
+
+def _is_full(index: BroadcastIndex, number: int) -> bool:
+    """Whether every number on page `number` is counted: then the page changes only by retention's deletes."""
+    return (number + 1) * BROADCAST_PAGE_SIZE <= index.made
+
+
+def _kept(index: BroadcastIndex, page: list[Notification]) -> list[Notification]:
+    return [n for n in page if _seq_of(n) >= index.first_kept]
 
 
 def _count(index: BroadcastIndex, notification: Notification) -> None:

@@ -7,7 +7,8 @@ import contextlib
 import heapq
 import json
 import logging
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +45,10 @@ CLEAR_CONCURRENCY = 4
 # The sends of a batch prepared at once (recipients resolved, numbers taken): a few MongoDB and Redis round trips each.
 SEND_CONCURRENCY = 8
 BSON_INT_RANGE = range(-(2**63), 2**63)
+# A replay that follows its socket's "ready" reuses the read state that the ready's unread count read a moment
+# before, rather than reading the Inbox and the receipts again: in a reconnect storm, two of a user's eight reads.
+READ_STATE_REUSE_SECONDS = 2.0
+READ_STATES_KEPT = 20_000
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,40 @@ def _id_of(notification: Notification) -> PydanticObjectId:
     return notification.id
 
 
+class RecentReadStates:
+    """Users' Inbox and broadcast read state as an unread count just read them, for replays only.
+
+    What a replay takes from them: the read flags of what it sends, and the Inbox's recorded and lowest pages (a
+    lower recorded page, or a lower lowest, only makes it read more). None of it decides which notifications are
+    replayed, so a state a little old never makes a gap. Read flags may be up to READ_STATE_REUSE_SECONDS old for a
+    change made on another process, as if it had come just after the replay; this process's own changes drop the
+    user's state at once.
+    """
+
+    def __init__(self, ttl: float = READ_STATE_REUSE_SECONDS, capacity: int = READ_STATES_KEPT) -> None:
+        self._ttl = ttl
+        self._capacity = capacity
+        self._states: OrderedDict[PydanticObjectId, tuple[float, Inbox | None, BroadcastState]] = OrderedDict()
+
+    def keep(self, user_id: PydanticObjectId, inbox: Inbox | None, state: BroadcastState) -> None:
+        self._states[user_id] = (time.monotonic() + self._ttl, inbox, state)
+        self._states.move_to_end(user_id)
+        while len(self._states) > self._capacity:
+            self._states.popitem(last=False)
+
+    def get(self, user_id: PydanticObjectId) -> tuple[Inbox | None, BroadcastState] | None:
+        kept = self._states.get(user_id)
+        if kept is None:
+            return None
+        if kept[0] < time.monotonic():
+            del self._states[user_id]
+            return None
+        return kept[1], kept[2]
+
+    def drop(self, user_id: PydanticObjectId) -> None:
+        self._states.pop(user_id, None)
+
+
 @dataclass(frozen=True)
 class NotificationService:
     broker: Broker
@@ -168,6 +207,7 @@ class NotificationService:
     read_cleanup: KeyedWork[PydanticObjectId] = field(init=False)
     # Told of every stored notification once it is published (the unread digests record their candidates).
     sent_hooks: list[Callable[[list[Notification]], Awaitable[None]]] = field(default_factory=list)
+    recent_states: RecentReadStates = field(init=False, default_factory=RecentReadStates)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "read_cleanup", KeyedWork(self.clear_read, READ_CLEANUP_CAPACITY, "read-all clean-up"))
@@ -394,7 +434,11 @@ class NotificationService:
 
     async def after(self, user_id: PydanticObjectId, after: PydanticObjectId, limit: int) -> list[dict[str, Any]]:
         """Notifications newer than `after`, oldest first: what a reconnecting socket missed."""
-        (inbox, state), index = await asyncio.gather(_inbox_and_state(user_id), self.broadcasts.index())
+        recent = self.recent_states.get(user_id)
+        if recent is not None:
+            (inbox, state), index = recent, await self.broadcasts.index()
+        else:
+            (inbox, state), index = await asyncio.gather(_inbox_and_state(user_id), self.broadcasts.index())
         direct, broadcasts = await asyncio.gather(
             self.inbox_pages.oldest_after(user_id, inbox, after=after, limit=limit),
             self.broadcasts.oldest_after(index, max(after, user_id), limit=limit),
@@ -408,7 +452,8 @@ class NotificationService:
         return await self.inbox_pages.numbered_since(user_id, oid)
 
     async def unread_count(self, user_id: PydanticObjectId) -> int:
-        state, index = await asyncio.gather(self.broadcast_state(user_id), self.broadcasts.index())
+        (inbox, state), index = await asyncio.gather(_inbox_and_state(user_id), self.broadcasts.index())
+        self.recent_states.keep(user_id, inbox, state)
         if state.clearing:
             self.read_cleanup.request(user_id)
         # Those a read-all covered are read already, though still marked unread until its clean-up is done.
@@ -424,6 +469,12 @@ class NotificationService:
         oid = parse_object_id(notification_id)
         if oid is None:
             raise NotFound("No such notification.")
+        try:
+            await self._mark_read(user_id, oid)
+        finally:
+            self.recent_states.drop(user_id)  # what a replay shows from now on reads the change
+
+    async def _mark_read(self, user_id: PydanticObjectId, oid: PydanticObjectId) -> None:
         # One writer of a user's read state at a time, so each change is tallied once (FerretDB applies
         # updates as read-modify-write; on MongoDB the filtered update alone would do).
         async with self.locks.hold(inbox_lock(user_id)):
@@ -473,6 +524,7 @@ class NotificationService:
                     if state.receipts
                     else asyncio.sleep(0),
                 )
+        self.recent_states.drop(user_id)
         self.read_cleanup.request(user_id)
 
     async def clear_read(self, user_id: PydanticObjectId) -> None:
@@ -527,6 +579,7 @@ class NotificationService:
         inbox = await Inbox.get(user_id)
         if inbox is not None:
             await inbox.delete()
+        self.recent_states.drop(user_id)
 
     async def dispatches(self, *, before: str | None = None, limit: int = 20) -> tuple[list[DispatchStats], str | None]:
         """What was sent, newest first, with how many recipients have read each."""

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import sys
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
+from aiohttp.test_utils import make_mocked_request
 
-from tidings.server.logs import JsonFormatter, MalformedRequestFilter, request_id_var
+from tidings.server.logs import AccessLogger, JsonFormatter, MalformedRequestFilter, request_id_var
 
 pytestmark = pytest.mark.unit
 
@@ -134,3 +138,72 @@ def test_other_server_errors_keep_their_traceback() -> None:
     assert MalformedRequestFilter().filter(record)
     assert record.levelno == logging.ERROR
     assert record.exc_info is not None
+
+
+def access_logger(stream: io.StringIO) -> tuple[AccessLogger, logging.Logger]:
+    """An access logger whose records reach one JSON handler writing to `stream` (as configure_logging sets up)."""
+    root = logging.getLogger(f"{LOGGER}.access_root_{id(stream)}")
+    root.propagate = False
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(MalformedRequestFilter())
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logger = logging.getLogger(f"{root.name}.access")
+    return AccessLogger(logger, ""), logger
+
+
+def request_and_response(path: str) -> tuple[Any, web.Response]:
+    return make_mocked_request("GET", path), web.Response(status=204, headers={"X-Request-ID": "r-1"})
+
+
+async def test_access_lines_are_what_the_formatter_writes_and_go_out_together() -> None:
+    stream = io.StringIO()
+    access, logger = access_logger(stream)
+    request, response = request_and_response("/api/v1/users/me?token=secret")
+    for _ in range(3):
+        access.log(request, response, 0.0123)
+    assert stream.getvalue() == ""  # written at the end of the loop's pass, in one write
+    await asyncio.sleep(0)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    entry = json.loads(lines[0])
+    assert "secret" not in lines[0]
+    assert entry.pop("time").endswith("+00:00")
+    assert entry == {
+        "level": "INFO",
+        "logger": logger.name,
+        "message": "GET /api/v1/users/me 204",
+        "request_id": "r-1",
+        "method": "GET",
+        "path": "/api/v1/users/me",
+        "status": 204,
+        "duration_ms": 12.3,
+        "remote": None,
+    }
+    # The same keys as a record through the formatter.
+    via_logging = formatted(record("GET /api/v1/users/me 204", (), extra={k: 1 for k in entry if k != "message"}))
+    assert set(via_logging) - {"level", "logger", "time"} == set(entry) - {"level", "logger"}
+
+
+async def test_access_lines_go_through_logging_when_other_handlers_listen() -> None:
+    stream = io.StringIO()
+    access, logger = access_logger(stream)
+    captured: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            captured.append(record)
+
+    logger.addHandler(Capture())
+    access = AccessLogger(logger, "")  # decides at creation, as aiohttp creates it once per server
+    access.log(*request_and_response("/x"), 0.001)
+    assert [r.getMessage() for r in captured] == ["GET /x 204"]
+    assert json.loads(stream.getvalue())["path"] == "/x"
+
+
+def test_access_lines_outside_a_loop_are_written_at_once() -> None:
+    stream = io.StringIO()
+    access, _ = access_logger(stream)
+    access.log(*request_and_response("/y"), 0.001)
+    assert json.loads(stream.getvalue())["path"] == "/y"

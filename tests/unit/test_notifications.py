@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from beanie import PydanticObjectId
 
 from tidings.documents import Notification
-from tidings.server.services.notifications import MAX_DATA_DEPTH, BroadcastState, data_problem
+from tidings.server.services.notifications import MAX_DATA_DEPTH, BroadcastState, RecentReadStates, data_problem
 
 pytestmark = pytest.mark.unit
 
@@ -115,3 +116,22 @@ def test_a_direct_notification_is_read_when_it_has_read_at(
     """Its own read_at decides, whatever the broadcast floor and receipts say."""
     assert state.is_read(notification(BELOW, recipient=USER, read_at=read_at)) is read
     assert state.is_read(notification(FURTHER, recipient=USER, read_at=read_at)) is read
+
+
+def test_recent_read_states_expire_drop_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    states = RecentReadStates(ttl=2.0, capacity=2)
+    users = [PydanticObjectId() for _ in range(3)]
+    state = BroadcastState(users[0], frozenset(), None, 0, False)
+    states.keep(users[0], None, state)
+    assert states.get(users[0]) == (None, state)
+    now[0] += 2.5
+    assert states.get(users[0]) is None  # too old: read again
+    states.keep(users[0], None, state)
+    states.drop(users[0])
+    assert states.get(users[0]) is None  # a write of this process
+    for user in users:
+        states.keep(user, None, state)
+    assert states.get(users[0]) is None  # the oldest goes past the capacity
+    assert states.get(users[2]) == (None, state)
