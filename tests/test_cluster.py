@@ -1,9 +1,9 @@
 """A three-primary Redis Cluster under two server processes: fan-out by sharded pub/sub, resume, deactivation and
 rate limits, with users whose channels are spread over every shard.
 
-The cluster is the test's own (tests/redis_topologies.py), started and stopped here. Accounts are made through a
-third process on the project's plain Redis (same database): registering sends mail through the job queue, whose saq
-scripts do not run on a cluster yet (their abort keys are not in the queue's slot).
+The cluster is the test's own (tests/redis_topologies.py), started and stopped here. Accounts are registered through
+server A, so the job queue runs on the cluster too (registering queues a verification mail; its scripts' keys share
+one slot).
 """
 
 from __future__ import annotations
@@ -46,15 +46,6 @@ class ClusterServers:
             LOGIN_ATTEMPTS_PER_ADDRESS="100000",
         )
         self.servers = [ServerProcess(name, env, log_dir) for name in "AB"]
-        self.registrar = ServerProcess(
-            "registrar",
-            server_env(
-                Isolation(self.isolation.db, self.isolation.prefix),
-                jwt_secret=JWT_SECRET,
-                LOGIN_ATTEMPTS_PER_ADDRESS="100000",
-            ),
-            log_dir,
-        )
 
     @property
     def db(self) -> str:
@@ -77,14 +68,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers
     directory = tmp_path_factory.mktemp("cluster")
     with ClusterTopology(directory / "redis") as topology:
         cluster = ClusterServers(topology, directory)
-        for server in (*cluster.servers, cluster.registrar):
+        for server in cluster.servers:
             server.start()
         try:
-            wait_ready(*cluster.servers, cluster.registrar)
+            wait_ready(*cluster.servers)
             yield cluster
         finally:
-            cluster.registrar.stop()
-            Isolation(cluster.isolation.db, cluster.isolation.prefix).drop()
             for server in cluster.servers:
                 print(f"----- server {server.name} log (tail) -----\n{server.tail()}")
                 server.stop()
@@ -93,7 +82,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers
 
 
 def registrar(session: aiohttp.ClientSession, cluster: ClusterServers) -> Api:
-    return Api(session, SimpleNamespace(db=cluster.db), cluster.registrar)  # type: ignore[arg-type]
+    return Api(session, SimpleNamespace(db=cluster.db), cluster.servers[0])  # type: ignore[arg-type]
 
 
 async def users_on_every_shard(cluster: ClusterServers, api: Api) -> list[Account]:

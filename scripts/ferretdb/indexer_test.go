@@ -35,7 +35,7 @@ func TestDefaultIndexFields(t *testing.T) {
 	want := []string{
 		"_id", "recipient_id", "user_id", "email_key", "username_key", "dispatch_id",
 		"unread_by", "broadcast_page", "search_keys", "notification_id", "created_day", "log_page", "fold_slot",
-		"inbox_page", "actor_id", "action", "target_id",
+		"inbox_page", "actor_id", "action", "target_id", "key_hash",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %q, want %q", got, want)

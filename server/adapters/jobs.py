@@ -185,6 +185,14 @@ class _QuietJob(Job):
     def info(self, full: bool = False) -> str:
         return super().info(False)
 
+    @property
+    def abort_id(self) -> str:
+        # In the queue's space, so that its scripts' keys share one slot on a Redis Cluster (saq's own abort key,
+        # "saq:abort:<key>", does not: CROSSSLOT).
+        if isinstance(self.queue, _Queue):
+            return self.queue.namespace(f"abort:{self.key}")
+        return super().abort_id
+
     def __repr__(self) -> str:
         return self.info(False)
 
@@ -194,7 +202,9 @@ class _Queue(RedisQueue):
     client as well as a plain one), keeping dead letters for `dead_ttl` seconds."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str, dead_ttl: int) -> None:
-        self._space = f"{prefix}jobs:"
+        # One hash tag for every key of the queue (the prefix's own, if it has one): its scripts use several keys at
+        # once, which a Redis Cluster allows only within one slot.
+        self._space = f"{prefix}{{jobs}}:"
         self._dead_ttl = dead_ttl
         super().__init__(redis, name="jobs")
         self._pubsub = PubSubMultiplexer(redis.pubsub(), prefix=self.job_id(""))
@@ -295,7 +305,7 @@ class RedisJobs(Jobs):
         self.queue = _Queue(redis, prefix, dead_ttl)
 
     def _job(self, name: str, key: str | None, kwargs: dict[str, Any]) -> Job:
-        return Job(
+        return _QuietJob(
             function=name,
             kwargs=kwargs,
             key=key or uuid.uuid4().hex,
