@@ -4,9 +4,10 @@ an in-process broker without Redis.
 Two kinds of channel. A topic (`subscribe`) is a channel every process holds for its whole life: broadcasts and the
 control channel of invalidations. A routed topic (`route`) is a channel per key, here per user: a process holds
 `<prefix><topic>:<key>` only while something in it holds the key (`hold`, `release`), so a message for one user
-reaches only the processes with a socket of that user. Holds and releases are batched: whatever accumulates in
-BATCH_SECONDS goes out as one SUBSCRIBE and one UNSUBSCRIBE (of at most BATCH_CHANNELS channels each), so a reconnect
-storm of thousands of sockets costs Redis a handful of commands.
+reaches only the processes with a socket of that user. Holds and releases are batched: at most one SUBSCRIBE and one
+UNSUBSCRIBE (of at most BATCH_CHANNELS channels each) go out per BATCH_SECONDS, with whatever accumulated since the
+last, so a reconnect storm of thousands of sockets costs Redis a handful of commands, and a lone connect waits for
+none.
 """
 
 from __future__ import annotations
@@ -396,8 +397,12 @@ class RedisBroker(Broker):
                 await connection.disconnect()
 
     async def _write(self, connections: list[AbstractConnection]) -> None:
-        """Send what holds and releases changed, in batches, and a ping whenever the subscription was idle."""
-        first = True
+        """Send what holds and releases changed, in batches, and a ping whenever the subscription was idle.
+
+        At most one batch per BATCH_SECONDS: a change after a quiet spell goes out at once (a socket's "ready" waits
+        for its channel), while a storm's holds gather behind the last batch sent."""
+        loop = asyncio.get_running_loop()
+        sent_at = -BATCH_SECONDS
         while True:
             try:
                 await asyncio.wait_for(self._changed.wait(), PING_SECONDS)
@@ -405,9 +410,10 @@ class RedisBroker(Broker):
                 for connection in connections:
                     await connection.send_command("PING", check_health=False)
                 continue
-            if not first:
-                await asyncio.sleep(BATCH_SECONDS)  # let a storm of holds gather
-            first = False
+            wait = sent_at + BATCH_SECONDS - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # let a storm of holds gather
+            sent_at = loop.time()
             self._changed.clear()
             subscribe, self._to_subscribe = list(self._to_subscribe), set()
             unsubscribe, self._to_unsubscribe = list(self._to_unsubscribe), set()
