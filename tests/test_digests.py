@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -10,6 +11,8 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import Account, Accounts, AppFactory
 from tests.mail import Inbox, eventually, html_of, mail_settings, smtp, text_of, token_in
+from tidings.server.keys import digests_key
+from tidings.server.services.digests import UNSUBSCRIBE_TOKEN_TTL
 
 __all__ = ["smtp"]
 
@@ -59,8 +62,10 @@ async def digest_runs(caplog: pytest.LogCaptureFixture, more: int) -> None:
 async def test_a_digest_lists_only_what_is_still_unread_and_comes_once(
     smtp: Inbox, make_client: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Each unread notification is in exactly one digest; read ones in none. (Sends that fall due on either side
+    of a check go in two digests, DIGEST_INTERVAL apart: the test's interval is short, and it counts lines.)"""
     caplog.set_level(logging.INFO, logger="tidings")
-    client, accounts, _ = await make_client(**mail_settings(smtp, **{**DIGEST, "digest_interval": 86400.0}))
+    client, accounts, _ = await make_client(**mail_settings(smtp, **DIGEST))
     admin = await accounts.user(admin=True)
     user = await verified(client, accounts, smtp)
     unverified = await accounts.user()
@@ -72,18 +77,25 @@ async def test_a_digest_lists_only_what_is_still_unread_and_comes_once(
         response = await client.post(f"{API}/notifications/{notification['id']}/read", headers=user.headers)
         assert response.status == 204
 
-    digest = await smtp.wait_for(lambda _: digests_to(smtp, user.email))
-    [mail] = digest
+    def listed(mails: list[Any]) -> list[str]:
+        return [line for mail in mails for line in text_of(mail).splitlines() if line.startswith("- ")]
+
+    def both(_: Any) -> list[Any]:
+        mails = digests_to(smtp, user.email)
+        lines = " ".join(listed(mails))
+        return mails if "Left unread" in lines and "A broadcast left unread" in lines else []
+
+    digests = await smtp.wait_for(both)
+    await digest_runs(caplog, 8)  # more checks, well past DIGEST_AFTER and DIGEST_INTERVAL: nothing new to send
+    digests = digests_to(smtp, user.email)
+    lines = listed(digests)
+    assert sorted(line.split(" (")[0] for line in lines) == ["- A broadcast left unread", "- Left unread"]
+    mail = digests[0]
     text = text_of(mail)
-    assert "Left unread" in text and "A broadcast left unread" in text
-    assert "Read at once" not in text and "A broadcast read" not in text
-    assert "Left unread" in html_of(mail)
+    assert "Left unread" in html_of(mail) or "A broadcast left unread" in html_of(mail)
     assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert mail["List-Unsubscribe"].startswith("<http://127.0.0.1:8080/email/unsubscribe?token=")
     assert "http://127.0.0.1:8080/" in text
-
-    await digest_runs(caplog, 3)  # more checks, past DIGEST_AFTER again: nothing new to send
-    assert len(digests_to(smtp, user.email)) == 1
     assert digests_to(smtp, unverified.email) == []  # only verified addresses
 
 
@@ -113,6 +125,10 @@ async def test_one_click_unsubscribe_stops_digests(
 
     forged = await client.post(path.replace("token=", "token=0"), data={"List-Unsubscribe": "One-Click"})
     assert forged.status == 400
+    # A link past its life (mails carry no long-lived token) is refused the same way.
+    old = client.app[digests_key].unsubscribe_token(user.id, now=time.time() - UNSUBSCRIBE_TOKEN_TTL - 1)
+    expired = await client.post("/email/unsubscribe", params={"token": old}, data={"List-Unsubscribe": "One-Click"})
+    assert expired.status == 400
 
 
 async def test_opting_out_through_patch_me(smtp: Inbox, make_client: AppFactory) -> None:

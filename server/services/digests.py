@@ -36,6 +36,8 @@ SEND_DIGESTS = "send_digests"
 BATCH = 500
 UNREAD_READ = 100  # unread notifications read per user
 LISTED = 20  # listed in one mail; the rest are counted
+# A digest's unsubscribe link works this long (mail clients use it when the mail is read, not months later).
+UNSUBSCRIBE_TOKEN_TTL = 60 * 86400
 
 
 class InvalidUnsubscribe(BadRequest):
@@ -126,18 +128,26 @@ class Digests:
         )
         return True
 
-    def _signature(self, user_id: str) -> str:
+    def _signature(self, user_id: str, expires: str) -> str:
         key = self.settings.jwt_secret.encode()
-        return hmac.new(key, f"digest-unsubscribe:{user_id}".encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.new(key, f"digest-unsubscribe:{user_id}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def unsubscribe_token(self, user_id: str) -> str:
-        """Signed, and good for one thing only: turning this user's digests off."""
-        return f"{user_id}.{self._signature(user_id)}"
+    def unsubscribe_token(self, user_id: str, now: float | None = None) -> str:
+        """Signed, good for one thing only (turning this user's digests off), and for UNSUBSCRIBE_TOKEN_TTL: mails
+        carry no long-lived token."""
+        expires = str(int((time.time() if now is None else now) + UNSUBSCRIBE_TOKEN_TTL))
+        return f"{user_id}.{expires}.{self._signature(user_id, expires)}"
 
     async def unsubscribe(self, token: str) -> None:
         """The one-click unsubscribe (RFC 8058): no login, the signed token is the proof."""
-        user_id, _, signature = token.partition(".")
-        if not signature or not hmac.compare_digest(signature, self._signature(user_id)):
+        user_id, _, rest = token.partition(".")
+        expires, _, signature = rest.partition(".")
+        if (
+            not signature
+            or not hmac.compare_digest(signature, self._signature(user_id, expires))
+            or not expires.isdigit()
+            or int(expires) < time.time()
+        ):
             raise InvalidUnsubscribe()
         oid = parse_object_id(user_id)
         user = await User.get(oid) if oid is not None else None
