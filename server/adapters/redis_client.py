@@ -16,6 +16,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tidings.server.settings import Settings
 
 CONNECT_TIMEOUT = 5.0
+# Commands in flight at once per process. Past it a command waits up to POOL_WAIT for a free connection: redis-py's
+# default pool (100 since redis-py 8) refuses the next one at once ("Too many connections"), which a reconnect storm's
+# reads reach. Behind Sentinel the pool cannot wait, so it is larger.
+MAX_CONNECTIONS = 100
+POOL_WAIT = 10.0
+SENTINEL_MAX_CONNECTIONS = 1_000
 
 
 def enabled(settings: Settings) -> bool:
@@ -39,7 +45,12 @@ def _retried(health_check_interval: float) -> dict[str, Any]:
 
 def connect(url: str, *, health_check_interval: float) -> aioredis.Redis:
     """A pooled client of one Redis at `url`."""
-    return aioredis.Redis.from_url(url, **_retried(health_check_interval))
+    return _waiting_pool(url, _retried(health_check_interval))
+
+
+def _waiting_pool(url: str, options: dict[str, Any]) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT, **options)
+    return aioredis.Redis.from_pool(pool)
 
 
 def _sentinel_master(settings: Settings, options: dict[str, Any]) -> aioredis.Redis:
@@ -56,7 +67,9 @@ def _sentinel_master(settings: Settings, options: dict[str, Any]) -> aioredis.Re
         password=settings.redis_password,
         db=db,
     )
-    master: aioredis.Redis = sentinel.master_for(settings.redis_sentinel_master, **options)
+    master: aioredis.Redis = sentinel.master_for(
+        settings.redis_sentinel_master, max_connections=SENTINEL_MAX_CONNECTIONS, **options
+    )
     return master
 
 
@@ -75,7 +88,7 @@ def client_for(settings: Settings) -> aioredis.Redis:
         return cluster  # type: ignore[no-any-return]
     if settings.redis_password:
         options["password"] = settings.redis_password
-    return aioredis.Redis.from_url(settings.redis_url, **options)
+    return _waiting_pool(settings.redis_url, options)
 
 
 def subscriber_for(settings: Settings) -> aioredis.Redis:
@@ -93,4 +106,4 @@ def subscriber_for(settings: Settings) -> aioredis.Redis:
     assert settings.redis_url is not None
     if settings.redis_password:
         options["password"] = settings.redis_password
-    return aioredis.Redis.from_url(settings.redis_url, **options)
+    return _waiting_pool(settings.redis_url, options)
