@@ -279,3 +279,17 @@ async def test_a_first_page_reads_two_pages_however_long_the_history(
         assert FINDS.returned <= 3 * INBOX_PAGE_SIZE + 1
     finally:
         FINDS.database = ""
+
+
+async def test_the_newest_numbered_ids_of_many_users_are_read_together(client: TestClient[Any, Any]) -> None:
+    """numbered_since for many users at once (a reconnect storm): one pipeline, each user's own answer."""
+    pages = client.app[notifications_key].inbox_pages
+    users = [PydanticObjectId() for _ in range(5)]
+    old, new = PydanticObjectId(ObjectId.from_datetime(ObjectId().generation_time)), PydanticObjectId()
+    for user in users[:3]:
+        await pages.numbering.start_after(str(user), -1)
+    await pages.numbering.assign([(str(users[0]), str(old)), (str(users[1]), str(new))])
+    answers = await asyncio.gather(*(pages.numbered_since(user, new) for user in users))
+    # users[0]: numbered only before; users[1]: numbered at `new`; users[2]: a counter that numbered nothing;
+    # users[3:]: no counter. Only users[0] is known to have had nothing since.
+    assert answers == [False, True, True, True, True]

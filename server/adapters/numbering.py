@@ -7,6 +7,7 @@ restarts the sequence from what it keeps in MongoDB (`start_after`), without a s
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from typing import Any, cast
 
@@ -153,6 +154,8 @@ class RedisInboxNumbering(InboxNumbering):
         self._redis = redis
         self._prefix = f"{prefix}inbox:"
         self._assign = redis.register_script(_ASSIGN)
+        self._newest_wanted: list[tuple[str, asyncio.Future[str | None]]] = []
+        self._newest_reads: set[asyncio.Task[None]] = set()
         # A Redis Cluster (settings.redis_cluster): script keys must share a slot.
         self._cluster: RedisCluster | None = redis if isinstance(cast(Any, redis), RedisCluster) else None  # type: ignore[assignment]
 
@@ -188,11 +191,36 @@ class RedisInboxNumbering(InboxNumbering):
         return None if value is None else int(value)
 
     async def newest(self, user: str) -> str | None:
+        """Asked for many users at once (a reconnect storm asks once per socket), the reads made in one pass of the
+        event loop go out together, in one pipeline: a command apiece through redis-py cost the storm 12% of the
+        server's CPU. Each read still starts after it was asked for."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._newest_wanted.append((user, future))
+        if len(self._newest_wanted) == 1:
+            asyncio.get_running_loop().call_soon(self._read_newest)
+        return await asyncio.shield(future)
+
+    def _read_newest(self) -> None:
+        wanted, self._newest_wanted = self._newest_wanted, []
+        task = asyncio.get_running_loop().create_task(self._read_newest_of(wanted))
+        self._newest_reads.add(task)
+        task.add_done_callback(self._newest_reads.discard)
+
+    async def _read_newest_of(self, wanted: list[tuple[str, asyncio.Future[str | None]]]) -> None:
         try:
-            value = await self._redis.hget(self._prefix + user, "last")
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user, _ in wanted:
+                    pipe.hget(self._prefix + user, "last")
+                values = await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise NumberingUnavailable(str(exc)) from exc
-        return None if value is None else _text(value)
+            for _, future in wanted:
+                if not future.done():
+                    future.set_exception(NumberingUnavailable(str(exc)))
+                    future.exception()  # retrieved: its caller may be gone
+            return
+        for (_, future), value in zip(wanted, values, strict=True):
+            if not future.done():
+                future.set_result(None if value is None else _text(value))
 
     async def start_after(self, user: str, value: int) -> None:
         key = self._prefix + user
