@@ -4,10 +4,10 @@ an in-process broker without Redis.
 Two kinds of channel. A topic (`subscribe`) is a channel every process holds for its whole life: broadcasts and the
 control channel of invalidations. A routed topic (`route`) is a channel per key, here per user: a process holds
 `<prefix><topic>:<key>` only while something in it holds the key (`hold`, `release`), so a message for one user
-reaches only the processes with a socket of that user. Holds and releases are batched: at most one SUBSCRIBE and one
-UNSUBSCRIBE (of at most BATCH_CHANNELS channels each) go out per BATCH_SECONDS, with whatever accumulated since the
-last, so a reconnect storm of thousands of sockets costs Redis a handful of commands, and a lone connect waits for
-none.
+reaches only the processes with a socket of that user. Holds and releases are batched: at most one SUBSCRIBE and
+one UNSUBSCRIBE (of at most BATCH_CHANNELS channels each) go out per BATCH_SECONDS, with whatever accumulated since
+the last of their kind, so a reconnect storm of thousands of sockets costs Redis a handful of commands, and a lone
+connect waits for none.
 """
 
 from __future__ import annotations
@@ -399,10 +399,11 @@ class RedisBroker(Broker):
     async def _write(self, connections: list[AbstractConnection]) -> None:
         """Send what holds and releases changed, in batches, and a ping whenever the subscription was idle.
 
-        At most one batch per BATCH_SECONDS: a change after a quiet spell goes out at once (a socket's "ready" waits
-        for its channel), while a storm's holds gather behind the last batch sent."""
+        At most one SUBSCRIBE and one UNSUBSCRIBE per BATCH_SECONDS each: a hold after a quiet spell goes out at once
+        (a socket's "ready" waits for its channel), even right after a release went out, while a storm's holds (or
+        closes) gather behind the last command of their kind."""
         loop = asyncio.get_running_loop()
-        sent_at = -BATCH_SECONDS
+        sent_at = {"subscribe": -BATCH_SECONDS, "unsubscribe": -BATCH_SECONDS}
         while True:
             try:
                 await asyncio.wait_for(self._changed.wait(), PING_SECONDS)
@@ -410,13 +411,22 @@ class RedisBroker(Broker):
                 for connection in connections:
                     await connection.send_command("PING", check_health=False)
                 continue
-            wait = sent_at + BATCH_SECONDS - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)  # let a storm of holds gather
-            sent_at = loop.time()
+            pending = {"subscribe": bool(self._to_subscribe), "unsubscribe": bool(self._to_unsubscribe)}
+            waits = [sent_at[kind] + BATCH_SECONDS - loop.time() for kind, due in pending.items() if due]
+            if waits and min(waits) > 0:
+                await asyncio.sleep(min(waits))  # let a storm of holds, or of releases, gather
+            now = loop.time()
             self._changed.clear()
-            subscribe, self._to_subscribe = list(self._to_subscribe), set()
-            unsubscribe, self._to_unsubscribe = list(self._to_unsubscribe), set()
+            subscribe: list[str] = []
+            unsubscribe: list[str] = []
+            if self._to_subscribe and sent_at["subscribe"] + BATCH_SECONDS <= now:
+                subscribe, self._to_subscribe = list(self._to_subscribe), set()
+                sent_at["subscribe"] = now
+            if self._to_unsubscribe and sent_at["unsubscribe"] + BATCH_SECONDS <= now:
+                unsubscribe, self._to_unsubscribe = list(self._to_unsubscribe), set()
+                sent_at["unsubscribe"] = now
+            if self._to_subscribe or self._to_unsubscribe:
+                self._changed.set()  # the other kind's turn comes later
             self._requested.difference_update(unsubscribe)
             self._requested.update(subscribe)
             self._inflight.update(subscribe)
