@@ -245,11 +245,9 @@ class Hub:
     def _fill_window(self, conn: Connection, missed: list[dict[str, Any]]) -> None:
         """Send the window's notifications that are not among the live frames held meanwhile, before those."""
         held = {notification_id for notification_id, _ in conn.pending or ()}
-        replayed = [n["id"] for n in missed if n["id"] not in held]
-        for notification in missed:
-            if notification["id"] not in held:
-                self._write(conn, notification["id"], notification_frame(notification))
-        self._remember_replayed(conn, replayed)
+        frames = [(n["id"], notification_frame(n)) for n in missed if n["id"] not in held]
+        self._write_all(conn, frames)
+        self._remember_replayed(conn, [notification_id for notification_id, _ in frames])
 
     def reauthenticate(self, conn: Connection, principal: Principal) -> bool:
         """A fresh access token extends the socket past the old one's expiry; a token for another user closes it."""
