@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import redis
 
@@ -95,7 +95,26 @@ class SentinelProcess(ServiceProcess):
         return len(replicas), len(sentinels)
 
 
-class SentinelTopology:
+class _Topology:
+    """Started on entering, stopped on leaving, whatever happened inside."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class SentinelTopology(_Topology):
     """A primary, a replica of it, and three sentinels (quorum 2) that fail over to the replica."""
 
     def __init__(self, directory: Path) -> None:
@@ -161,17 +180,8 @@ class SentinelTopology:
         for service in reversed(self.services):
             service.stop()
 
-    def __enter__(self) -> SentinelTopology:
-        self.start()
-        return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class ClusterTopology:
+class ClusterTopology(_Topology):
     """Three primaries (no replicas) made a cluster by `redis-cli --cluster create`, each owning a third of the
     slots."""
 
@@ -243,12 +253,3 @@ class ClusterTopology:
     def close(self) -> None:
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> ClusterTopology:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
