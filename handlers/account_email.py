@@ -127,15 +127,18 @@ async def reset_submit(request: web.Request) -> web.Response:
     password, again = form.get("password"), form.get("password_again")
     if not token:
         return _page("Reset your password", status=400, error="This link is incomplete: ask for a new one.")
+
+    def again_with(error: str) -> web.Response:
+        return _page("Reset your password", status=400, form="reset", token=token, error=error)
+
     if not isinstance(password, str) or "\x00" in password:
-        return _page("Reset your password", status=400, form="reset", token=token, error="Enter a new password.")
+        return again_with("Enter a new password.")
     if password != again:
-        return _page("Reset your password", status=400, form="reset", token=token, error="The passwords differ.")
+        return again_with("The passwords differ.")
     try:
         PASSWORD(password)
     except Exception:
-        error = "The password must be 8 to 128 characters long."
-        return _page("Reset your password", status=400, form="reset", token=token, error=error)
+        return again_with("The password must be 8 to 128 characters long.")
     try:
         await request.app[account_email_key].confirm_reset(token, password)
     except InvalidEmailToken as exc:
