@@ -24,7 +24,7 @@ run: services
 	JWT_SECRET_FILE=$${JWT_SECRET_FILE:-.data/jwt-secret} $(BIN)/tidings serve
 
 test: services
-	@bash scripts/install-system.sh --browser
+	@bash scripts/install-system.sh --browser --ops
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -4,6 +4,8 @@
 #   - redis-sentinel                      (always; the Sentinel tests start their own)
 #   - chromium                            (with --browser)
 #   - wrk                                 (with --bench)
+#   - nginx and promtool (Debian's nginx and prometheus packages; with --ops:
+#     the deployment tests run them; neither service is started or enabled)
 #   - a PostgreSQL server from Debian      (unless FERRETDB_BACKEND=sqlite;
 #     postgresql-15, or `postgresql` where there is no postgresql-15; the server
 #     binaries only: no cluster is created, scripts/services.sh runs its own)
@@ -11,7 +13,7 @@
 #     .cache/bin/ferretdb-v1.24.2, only when missing or built from other sources.
 # apt-get (and `apt-get update`) only run when something is missing.
 #
-# Usage: [FERRETDB_BACKEND=sqlite|postgresql] scripts/install-system.sh [--browser] [--bench]
+# Usage: [FERRETDB_BACKEND=sqlite|postgresql] scripts/install-system.sh [--browser] [--bench] [--ops]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,12 +27,14 @@ GO_MIN_MINOR=24 # scripts/ferretdb/go.mod says `go 1.24`
 
 want_browser=0
 want_bench=0
+want_ops=0
 for arg in "$@"; do
     case "$arg" in
         --browser) want_browser=1 ;;
         --bench) want_bench=1 ;;
+        --ops) want_ops=1 ;;
         -h | --help)
-            sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -72,6 +76,9 @@ if [ "$want_browser" = 1 ]; then
 fi
 if [ "$want_bench" = 1 ]; then
     checks+=("/usr/bin/wrk wrk")
+fi
+if [ "$want_ops" = 1 ]; then
+    checks+=("/usr/sbin/nginx nginx" "/usr/bin/promtool prometheus")
 fi
 
 missing=()
@@ -131,7 +138,25 @@ if [ "${#missing[@]}" -gt 0 ] || [ "$want_postgresql" = 1 ]; then
         fi
     fi
     say "apt-get install ${missing[*]}"
-    quiet "${APT[@]}" install -y --no-install-recommends "${missing[@]}"
+    # Installing nginx or prometheus would start their system services (port 80, port 9090) where the init system
+    # runs them; the tests start their own on loopback, so package scripts may start nothing while this runs.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        own_policy=1
+    fi
+    status=0
+    "${APT[@]}" install -y --no-install-recommends "${missing[@]}" >/tmp/install-system.apt.log 2>&1 || status=$?
+    if [ "$own_policy" = 1 ]; then
+        "${SUDO[@]}" rm -f "$policy"
+    fi
+    if [ "$status" != 0 ]; then
+        echo "install-system: ERROR: apt-get install failed; last lines:" >&2
+        tail -n 30 /tmp/install-system.apt.log >&2
+        exit 1
+    fi
 fi
 
 # --- FerretDB launcher (Go) ----------------------------------------------------
