@@ -102,6 +102,7 @@ def tidings_server(
         access_log=access_log,
         log_level="INFO",
         LOGIN_ATTEMPTS_PER_ADDRESS="1000000",
+        LOGIN_FAILURES_PER_ADDRESS="1000000",
         LOGIN_ATTEMPTS_PER_ACCOUNT="1000000",
         **extra,
     )

@@ -162,8 +162,11 @@ class Settings:
     password_parallelism: int = 1
     password_hash_threads: int = 2
 
+    # Failed logins per account and per client address in a window; every attempt per address, a ceiling far above
+    # what people sharing one address (NAT, a proxy) make, yet one that stops a flood (docs/security.md).
     login_attempts_per_account: int = 10
-    login_attempts_per_address: int = 30
+    login_failures_per_address: int = 30
+    login_attempts_per_address: int = 600
     login_window_seconds: int = 300
 
     max_body_bytes: int = 64 * 1024
@@ -285,6 +288,7 @@ class Settings:
             password_parallelism=_int(env, "PASSWORD_PARALLELISM", cls.password_parallelism),
             password_hash_threads=_int(env, "PASSWORD_HASH_THREADS", cls.password_hash_threads),
             login_attempts_per_account=_int(env, "LOGIN_ATTEMPTS_PER_ACCOUNT", cls.login_attempts_per_account),
+            login_failures_per_address=_int(env, "LOGIN_FAILURES_PER_ADDRESS", cls.login_failures_per_address),
             login_attempts_per_address=_int(env, "LOGIN_ATTEMPTS_PER_ADDRESS", cls.login_attempts_per_address),
             login_window_seconds=_int(env, "LOGIN_WINDOW_SECONDS", cls.login_window_seconds),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),

@@ -336,6 +336,43 @@ async def test_login_rate_limited_per_address(make_client: AppFactory) -> None:
     assert 1 <= int(response.headers["Retry-After"]) <= settings.login_window_seconds
 
 
+async def test_many_accounts_log_in_from_one_address(make_client: AppFactory) -> None:
+    # An office behind NAT, or every client behind a proxy without TRUST_FORWARDED_FOR: one address, many people.
+    client, accounts, settings = await make_client()
+    assert settings.login_failures_per_address == 30  # the defaults, not a raised limit
+    assert settings.login_attempts_per_address >= 200
+    users = [await accounts.register() for _ in range(200)]
+    for user in users:
+        response = await client.post(LOGIN, json={"email": user["email"], "password": PASSWORD})
+        await json_of(response, 200)
+
+
+async def test_failures_from_one_address_are_stopped_across_accounts(make_client: AppFactory) -> None:
+    # Guessing one password over many accounts (credential stuffing) is stopped by the address's failures, which
+    # successful logins in between neither reset nor hide.
+    client, accounts, settings = await make_client(login_failures_per_address=5, login_window_seconds=120)
+    insider, victim = await accounts.register(), await accounts.register()
+    for index in range(5):
+        response = await client.post(LOGIN, json={"email": f"guess{index}@example.com", "password": "Summer2026!"})
+        await error_of(response, 401, "invalid_credentials")
+        await accounts.login(insider["email"])
+    for email in (victim["email"], insider["email"]):
+        response = await client.post(LOGIN, json={"email": email, "password": PASSWORD})
+        error = await error_of(response, 429, "rate_limited")
+        assert "failed logins from this address" in error["message"]
+        assert 1 <= int(response.headers["Retry-After"]) <= settings.login_window_seconds
+
+
+async def test_the_ceiling_counts_every_attempt_from_an_address(make_client: AppFactory) -> None:
+    client, accounts, _ = await make_client(login_attempts_per_address=3)
+    user = await accounts.register()
+    for _ in range(3):
+        await accounts.login(user["email"])
+    response = await client.post(LOGIN, json={"email": user["email"], "password": PASSWORD})
+    error = await error_of(response, 429, "rate_limited")
+    assert "login attempts from this address" in error["message"]
+
+
 @pytest.mark.parametrize("trusted", [False, True])
 async def test_forwarded_for_is_only_believed_when_trusted(make_client: AppFactory, trusted: bool) -> None:
     client, accounts, _ = await make_client(login_attempts_per_address=2, trust_forwarded_for=trusted)

@@ -70,22 +70,30 @@ class SessionService:
         return self.tokens.issue("panel", user_id=str(user.id), session_id=session_id, version=user.token_version)
 
     async def _check_password(self, email: str, password: str, address: str) -> User:
+        """The one login rule (docs/security.md, "Login limits"): failures are limited per account and per address,
+        every attempt only by a much higher per-address ceiling, so that many people behind one address (an office
+        behind NAT, every client behind a proxy) can all log in while guessing stays stopped."""
         key = email_key(email)
         # Hashed, so rate-limit keys never hold an address or email in clear text.
         account_key = "login:account:" + hashlib.sha256(key.encode()).hexdigest()[:32]
-        address_key = "login:address:" + hashlib.sha256(address.encode()).hexdigest()[:32]
-        window = self.settings.login_window_seconds
+        address_digest = hashlib.sha256(address.encode()).hexdigest()[:32]
+        address_key, failures_key = "login:address:" + address_digest, "login:address-failures:" + address_digest
+        settings, window = self.settings, self.settings.login_window_seconds
         attempts, retry_after = await self.limiter.hit(address_key, window)
-        if attempts > self.settings.login_attempts_per_address:
+        if attempts > settings.login_attempts_per_address:
             raise TooManyRequests(retry_after, "Too many login attempts from this address; try again later.")
+        failures, retry_after = await self.limiter.peek(failures_key)
+        if failures >= settings.login_failures_per_address:
+            raise TooManyRequests(retry_after, "Too many failed logins from this address; try again later.")
         failures, retry_after = await self.limiter.peek(account_key)
-        if failures >= self.settings.login_attempts_per_account:
+        if failures >= settings.login_attempts_per_account:
             raise TooManyRequests(retry_after, "Too many failed logins for this account; try again later.")
 
         user = await User.find_one(User.email_key == key)
         matches, needs_rehash = await self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not matches:
             await self.limiter.hit(account_key, window)
+            await self.limiter.hit(failures_key, window)
             raise InvalidCredentials()
         if not user.is_active:
             raise Forbidden("This account is deactivated.")

@@ -22,6 +22,7 @@ INT_VARIABLES = {
     "PASSWORD_PARALLELISM": "password_parallelism",
     "PASSWORD_HASH_THREADS": "password_hash_threads",
     "LOGIN_ATTEMPTS_PER_ACCOUNT": "login_attempts_per_account",
+    "LOGIN_FAILURES_PER_ADDRESS": "login_failures_per_address",
     "LOGIN_ATTEMPTS_PER_ADDRESS": "login_attempts_per_address",
     "LOGIN_WINDOW_SECONDS": "login_window_seconds",
     "MAX_BODY_BYTES": "max_body_bytes",
