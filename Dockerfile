@@ -65,5 +65,5 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('TIDINGS_PORT', '8080'), timeout=4)"]
 
 # gunicorn stops gracefully on SIGTERM (docker stop); give it graceful_timeout (30 s) plus a little: docker stop -t 35.
-# It serves tidings.server.app:app_factory, the wsgi_app of gunicorn.conf.py.
+# It serves tidings.server.app:gunicorn_runner, the wsgi_app of gunicorn.conf.py.
 CMD ["gunicorn", "-c", "gunicorn.conf.py"]

@@ -1,32 +1,47 @@
-"""Gunicorn settings for production: `gunicorn -c gunicorn.conf.py` serves `server.app:app_factory` with uvloop.
+"""Gunicorn settings for production: `gunicorn -c gunicorn.conf.py` serves `tidings.server.app:gunicorn_runner` with
+uvloop.
 
 Read from the environment: TIDINGS_HOST (default 127.0.0.1; the Docker image sets 0.0.0.0), TIDINGS_PORT (8080),
 WEB_CONCURRENCY (workers; default: the CPUs this process may run on) and LISTEN_BACKLOG (the listen queue, as for
 `tidings serve`; gunicorn's own default is 2048). Anything else can be overridden on the command line or in
 GUNICORN_CMD_ARGS, as usual for gunicorn.
 
-Logs: every line is JSON on stderr. The app's own loggers are set up by `app_factory` (server.logs), gunicorn's
+The worker serves the runner that `gunicorn_runner` makes from the app's settings (server/runner.py, `runner_for`),
+as `tidings serve` does: aiohttp's worker takes a runner from its factory as it is, its documented alternative to
+an app, so nothing here rebuilds the runner's options. Hence the settings the two share: `keepalive` is the runner's
+KEEPALIVE_TIMEOUT, requests in flight get SHUTDOWN_TIMEOUT once the sockets are closed (which must end within
+`graceful_timeout`, checked at start), and the listen queue is LISTEN_BACKLOG for gunicorn and the worker alike.
+
+Logs: every line is JSON on stderr. The app's own loggers are set up by `gunicorn_runner` (server.logs), gunicorn's
 messages go through the same formatter (logconfig_dict below), and the access log is the app's JSON `AccessLogger`
-(one line per request, path without the query string), wired in `post_worker_init`. gunicorn's own access log
-(`accesslog`, `--access-logfile`, `access_log_format`) is not used: aiohttp's worker would pass it a text format
-and no way to choose the logger class. ACCESS_LOG=0 turns the access log off, as for `tidings serve`.
+(one line per request, path without the query string). gunicorn's own access log (`accesslog`,
+`--access-logfile`, `access_log_format`) is not used. ACCESS_LOG=0 turns the access log off, as for `tidings serve`.
+
+Metrics: every worker writes its metrics to files in PROMETHEUS_MULTIPROC_DIR, and /metrics on any worker sums them
+(server/adapters/metrics.py). The directory is made here unless the environment names one, emptied before the
+first worker starts, and removed when gunicorn exits if it was made here.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
-from aiohttp import web
-from aiohttp.worker import GunicornWebWorker
+# Before anything imports prometheus_client, which reads it once: the workers inherit it.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix="tidings-metrics-",
+        dir="/dev/shm" if os.path.isdir("/dev/shm") else None,  # noqa: S108 - tmpfs: the workers write it often
+    )
+    os.environ["TIDINGS_METRICS_DIR_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
-from tidings.server.keys import settings_key
-from tidings.server.logs import AccessLogger
-from tidings.server.runner import TidingsRunner
-from tidings.server.settings import listen_backlog
+from tidings.server.adapters.metrics import mark_process_dead, prepare_multiprocess_dir
+from tidings.server.runner import KEEPALIVE_TIMEOUT
+from tidings.server.settings import Settings, listen_backlog
 
-wsgi_app = "tidings.server.app:app_factory"
+wsgi_app = "tidings.server.app:gunicorn_runner"
 worker_class = "aiohttp.GunicornUVLoopWebWorker"
 proc_name = "tidings"
 
@@ -49,17 +64,16 @@ def _cpus() -> int:
 bind = [_bind()]
 workers = int(os.environ.get("WEB_CONCURRENCY") or _cpus())
 # Connections the kernel queues until a worker accepts them, enough for a reconnect storm (server/settings.py,
-# LISTEN_BACKLOG): gunicorn listens with it, and so does each worker's runner (below), as aiohttp's worker would
-# otherwise listen again on the same socket with aiohttp's default of 128.
+# LISTEN_BACKLOG): gunicorn listens with it, and so does each worker's runner, as aiohttp's worker would otherwise
+# listen again on the same socket with aiohttp's default of 128.
 backlog = listen_backlog(os.environ)
 
 # Seconds. A worker whose event loop stops answering for `timeout` is killed and replaced. On SIGTERM (or a reload)
-# each worker stops accepting, closes open WebSockets and gives requests in flight 95% of `graceful_timeout` to finish
-# (aiohttp's worker derives its shutdown timeout from it). `keepalive` is how long an idle keep-alive connection stays
-# open: longer than nginx's upstream keepalive_timeout (60 s by default) so that the proxy, not the app, closes it.
+# each worker stops accepting, closes open WebSockets with 1001 and gives requests in flight SHUTDOWN_TIMEOUT to
+# finish; gunicorn kills a worker still running after `graceful_timeout`. `keepalive` is the runner's (see above).
 timeout = 30
 graceful_timeout = 30
-keepalive = 75
+keepalive = int(KEEPALIVE_TIMEOUT)
 
 # The workers' heartbeat files: on tmpfs where there is one (a container's disk can stall them).
 if os.path.isdir("/dev/shm"):  # noqa: S108 - gunicorn's documented choice for containers
@@ -86,7 +100,14 @@ logconfig_dict: dict[str, Any] = {
 
 
 def on_starting(server: Any) -> None:
-    """Refuse set-ups that only work in one process, before any worker starts."""
+    """Refuse set-ups that cannot work, and empty the metrics directory, before any worker starts."""
+    shutdown_timeout = Settings.from_env().shutdown_timeout
+    if shutdown_timeout >= server.cfg.graceful_timeout:
+        raise SystemExit(
+            f"tidings: SHUTDOWN_TIMEOUT ({shutdown_timeout:g} s) must be shorter than gunicorn's graceful_timeout "
+            f"({server.cfg.graceful_timeout} s), or workers are killed while they finish requests"
+        )
+    prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     if server.cfg.workers < 2:
         return
     if not os.environ.get("JWT_SECRET"):
@@ -101,29 +122,12 @@ def on_starting(server: Any) -> None:
         )
 
 
-def post_worker_init(worker: Any) -> None:
-    """Have aiohttp's worker serve the app through tidings' runner, as `tidings serve` does: access logged with the
-    app's JSON AccessLogger, requests that aiohttp's HTTP parser refuses answered with the API's JSON error.
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited (a reload, a crash): its open sockets leave the metrics' live gauges."""
+    mark_process_dead(worker.pid)
 
-    aiohttp's worker accepts a factory that returns a `web.AppRunner` and then uses that runner as it is, so the
-    runner here carries what the worker would otherwise take from gunicorn's settings (keep-alive, shutdown timeout),
-    and the listen backlog, which the worker would otherwise leave at aiohttp's 128.
-    """
-    if not isinstance(worker, GunicornWebWorker):
-        return
 
-    factory = worker.wsgi
-    cfg = worker.cfg
-
-    async def app_runner() -> web.AppRunner:
-        app = await factory()
-        return TidingsRunner(
-            app,
-            access_log_class=AccessLogger,
-            access_log=logging.getLogger("tidings.access") if app[settings_key].access_log else None,
-            keepalive_timeout=cfg.keepalive,
-            shutdown_timeout=cfg.graceful_timeout / 100 * 95,
-            backlog=cfg.backlog,
-        )
-
-    worker.wsgi = app_runner
+def on_exit(server: Any) -> None:
+    made = os.environ.get("TIDINGS_METRICS_DIR_MADE")
+    if made and made == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(made, ignore_errors=True)

@@ -53,6 +53,8 @@ setup(
         "saq>=0.26,<0.27",
         "aiosmtplib>=5.1,<6",
         "Jinja2>=3.1,<4",
+        # GET /metrics (docs/operations.md), multiprocess-aware under gunicorn.
+        "prometheus-client>=0.22,<0.27",
     ],
     extras_require={
         "test": [
@@ -72,6 +74,7 @@ setup(
             "mypy>=1.13",
             "tox>=4",
             "import-linter>=2.1,<3",
+            "types-PyYAML>=6",
         ],
     },
     entry_points={"console_scripts": ["tidings=tidings.server.cli:main"]},

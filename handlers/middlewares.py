@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -23,7 +24,7 @@ from redis.exceptions import RedisError
 from tidings.handlers.credentials import bearer_token
 from tidings.handlers.csp import API_CSP, DOCS_CSP
 from tidings.server.adapters.errors import ApiError, NotAuthenticated
-from tidings.server.keys import api_keys_key, authenticator_key, key_principal_key, principal_key
+from tidings.server.keys import api_keys_key, authenticator_key, key_principal_key, metrics_key, principal_key
 from tidings.server.logs import request_id_var
 from tidings.server.services.api_keys import is_api_key, required_scope
 from tidings.server.services.authenticator import Role, require_admin, required_role
@@ -56,8 +57,10 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id (a sane incoming X-Request-ID is kept) for its log lines and its response, and
-    render every failure as {"error": {"code", "message", "details"?}}; never a stack trace."""
+    """Give every request an id (a sane incoming X-Request-ID is kept) for its log lines and its response, render
+    every failure as {"error": {"code", "message", "details"?}}, never a stack trace, and count the request in the
+    metrics (by route template, never the raw path)."""
+    started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID")
     request_id = incoming if incoming and _SAFE_REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
     token = request_id_var.set(request_id)
@@ -67,6 +70,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         if exc.status < 400:
             # Redirects and other non-error exceptions raised by handlers still carry the id.
             exc.headers["X-Request-ID"] = request_id
+            _observe(request, exc.status, started, websocket=False)
             raise
         response = error_response(exc.status, _HTTP_ERROR_CODES.get(exc.status, "http_error"), exc.reason)
         for name in ("Allow", "Retry-After", "WWW-Authenticate"):
@@ -90,7 +94,17 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     finally:
         request_id_var.reset(token)
     response.headers["X-Request-ID"] = request_id
+    _observe(request, response.status, started, websocket=isinstance(response, web.WebSocketResponse))
     return response
+
+
+def _observe(request: web.Request, status: int, started: float, *, websocket: bool) -> None:
+    """Count the request under its route template ("<unmatched>" when no route matched: a 404 or 405 from the
+    router), with its duration unless it was a WebSocket, whose "duration" is the life of the socket."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "<unmatched>"
+    seconds = None if websocket else time.perf_counter() - started
+    request.config_dict[metrics_key].observe_request(request.method, route, status, seconds)
 
 
 @web.middleware

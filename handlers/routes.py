@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from tidings.handlers import account_email, api_keys, auth, health, notifications, pages, users, ws
+from tidings.handlers import account_email, api_keys, auth, health, metrics, notifications, pages, users, ws
 from tidings.handlers.assets import STATIC_DIR
 
 API = "/api/v1"
@@ -14,6 +14,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_static("/static", STATIC_DIR)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
+    app.router.add_get("/metrics", metrics.metrics)
 
     app.router.add_post(f"{API}/auth/register", auth.register)
     app.router.add_post(f"{API}/auth/login", auth.login)

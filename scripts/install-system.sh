@@ -78,7 +78,7 @@ if [ "$want_bench" = 1 ]; then
     checks+=("/usr/bin/wrk wrk")
 fi
 if [ "$want_ops" = 1 ]; then
-    checks+=("/usr/sbin/nginx nginx" "/usr/bin/promtool prometheus")
+    checks+=("/usr/sbin/nginx nginx" "/usr/bin/promtool prometheus" "/usr/bin/openssl openssl")
 fi
 
 missing=()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,10 +20,11 @@ from tidings.server.adapters import redis_client
 from tidings.server.adapters.broker import MemoryBroker, redis_broker
 from tidings.server.adapters.db import init_database
 from tidings.server.adapters.due_set import MemoryDueSet, RedisDueSet
-from tidings.server.adapters.jobs import Jobs, MemoryJobs, RedisJobs, RetryPolicy
+from tidings.server.adapters.jobs import Jobs, JobState, MemoryJobs, RedisJobs, RetryPolicy
 from tidings.server.adapters.leases import Leases
 from tidings.server.adapters.locks import Locks
 from tidings.server.adapters.mailer import Mailer
+from tidings.server.adapters.metrics import Metrics
 from tidings.server.adapters.numbering import (
     MemoryInboxNumbering,
     MemoryNumbering,
@@ -48,6 +49,7 @@ from tidings.server.keys import (
     job_admin_key,
     jobs_key,
     limiter_key,
+    metrics_key,
     mongo_key,
     notifications_key,
     read_counts_key,
@@ -60,6 +62,7 @@ from tidings.server.keys import (
 from tidings.server.logs import configure_logging
 from tidings.server.realtime.gauge import ConnectionGauge
 from tidings.server.realtime.hub import Hub
+from tidings.server.runner import runner_for
 from tidings.server.services.accounts import AccountService
 from tidings.server.services.api_keys import ApiKeys
 from tidings.server.services.audit import AuditLog
@@ -75,6 +78,7 @@ from tidings.server.services.migrations import MIGRATIONS_TIMEOUT, run_migration
 from tidings.server.services.notifications import NotificationService
 from tidings.server.services.outbox import Outbox
 from tidings.server.services.read_counts import ReadCounts
+from tidings.server.services.readiness import probe_dependencies
 from tidings.server.services.retention import Retention
 from tidings.server.services.sessions import SessionService
 from tidings.server.settings import Settings
@@ -178,7 +182,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     authenticator = Authenticator(app[tokens_key], app[broker_key])
     app[authenticator_key] = authenticator
     locks = Locks(app.get(redis_key), settings.redis_prefix, settings.lock_timeout)
-    sessions = SessionService(settings, passwords, app[tokens_key], app[limiter_key], authenticator, locks)
+    metrics = app[metrics_key]
+    sessions = SessionService(settings, passwords, app[tokens_key], app[limiter_key], authenticator, locks, metrics)
     app[sessions_key] = sessions
     audit = AuditLog()
     app[audit_key] = audit
@@ -207,6 +212,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         read_counts,
         dispatch_log,
         InboxPages(inbox_numbering, locks),
+        metrics,
     )
     app[notifications_key] = notifications
     app[retention_key] = Retention(
@@ -215,12 +221,13 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[accounts_key] = AccountService(passwords, sessions, authenticator, notifications, audit, locks)
     app[api_keys_key] = ApiKeys(app[broker_key], app[limiter_key], audit)
     app[idempotency_key] = Idempotency(settings.idempotency_ttl)
-    hub = Hub(settings, app[broker_key], notifications, authenticator)
+    hub = Hub(settings, app[broker_key], notifications, authenticator, metrics)
     app[hub_key] = hub
     app[gauge_key] = ConnectionGauge(
         hub, app.get(redis_key), settings.redis_prefix, settings.connection_report_interval
     )
     _email_ctx(app)
+    _count_in_metrics(app)
     yield
     executor.shutdown(wait=True, cancel_futures=True)
 
@@ -258,6 +265,21 @@ def _email_ctx(app: web.Application) -> None:
     digests.register(jobs)
     app[digests_key] = digests
     app[job_admin_key] = JobAdmin(jobs, app[audit_key])
+
+
+def _count_in_metrics(app: web.Application) -> None:
+    """What the adapters report through their own hooks: the broker's subscription, and failed jobs."""
+    metrics, broker = app[metrics_key], app[broker_key]
+    connected_before = False
+
+    def connected() -> None:
+        nonlocal connected_before
+        metrics.broker_connected(reconnect=connected_before)
+        connected_before = True
+
+    broker.on_connect(connected)
+    broker.on_disconnect(metrics.broker_disconnected)
+    app[jobs_key].failure_listeners.append(metrics.job_failed)
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -324,6 +346,20 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
             except Exception:
                 log.exception("idempotency sweep failed")
 
+    async def sample_metrics() -> None:
+        # The metrics that are probed rather than counted: dependencies up, /health/ready's verdict, job counts.
+        settings = app[settings_key]
+        while True:
+            checks = await probe_dependencies(app[mongo_key], app.get(redis_key), settings.health_probe_timeout)
+            job_counts: Mapping[JobState, int] | None = None
+            if all(state == "ok" for state in checks.values()):
+                try:
+                    job_counts = await app[jobs_key].counts()
+                except Exception as exc:  # the probe just passed; a failure here is a race with an outage
+                    log.warning("could not count jobs for the metrics: %s", exc)
+            app[metrics_key].sampled({name: state == "ok" for name, state in checks.items()}, job_counts)
+            await asyncio.sleep(settings.metrics_sample_interval)
+
     tasks = [
         asyncio.create_task(sweep_idempotency(), name="idempotency-sweeper"),
         asyncio.create_task(apply_retention(), name="retention"),
@@ -333,6 +369,8 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(app[hub_key].expire_tokens(), name="ws-token-expiry"),
         asyncio.create_task(app[gauge_key].report_forever(), name="ws-connection-gauge"),
     ]
+    if app[metrics_key].enabled:
+        tasks.append(asyncio.create_task(sample_metrics(), name="metrics-sampler"))
     yield
     await cancel_and_wait(*tasks)
 
@@ -368,6 +406,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[settings_key] = settings
     app[tokens_key] = Tokens(settings)
+    app[metrics_key] = Metrics(enabled=settings.metrics)
     # Order matters: each context uses what the ones before it opened, and they close in reverse.
     app.cleanup_ctx.extend([mongo_ctx, redis_ctx, jobs_ctx, services_ctx, broker_ctx, background_ctx, worker_ctx])
     app.on_shutdown.append(close_sockets)
@@ -378,8 +417,9 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def app_factory() -> web.Application:
-    """Entry point for gunicorn's aiohttp worker: settings from the environment."""
+async def gunicorn_runner() -> web.AppRunner:
+    """gunicorn's entry point (gunicorn.conf.py's wsgi_app), settings from the environment. aiohttp's worker serves
+    the runner a factory returns as it is: the same runner as `tidings serve`, and no copy of its options here."""
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    return runner_for(create_app(settings))

@@ -19,7 +19,7 @@ from tidings.handlers.schemas import CreateApiKeySchema, RegisterSchema, error_s
 from tidings.server.adapters.errors import ApiError
 from tidings.server.app import create_app
 from tidings.server.keys import accounts_key, api_keys_key
-from tidings.server.logs import AccessLogger, configure_logging
+from tidings.server.logs import configure_logging
 from tidings.server.runner import run
 from tidings.server.settings import Settings, SettingsError
 
@@ -27,14 +27,7 @@ log = logging.getLogger("tidings")
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    run(
-        create_app(settings),
-        host,
-        port,
-        access_log=logging.getLogger("tidings.access") if settings.access_log else None,
-        access_log_class=AccessLogger,
-        shutdown_timeout=settings.shutdown_timeout,
-    )
+    run(create_app(settings), host, port)
 
 
 def read_password(stdin_is_tty: bool) -> str:

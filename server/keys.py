@@ -8,6 +8,7 @@ from pymongo import AsyncMongoClient
 
 from tidings.server.adapters.broker import Broker
 from tidings.server.adapters.jobs import Jobs
+from tidings.server.adapters.metrics import Metrics
 from tidings.server.adapters.ratelimit import RateLimiter
 from tidings.server.adapters.security import Tokens
 from tidings.server.realtime.gauge import ConnectionGauge
@@ -49,6 +50,7 @@ digests_key = web.AppKey("digests", Digests)
 job_admin_key = web.AppKey("job_admin", JobAdmin)
 api_keys_key = web.AppKey("api_keys", ApiKeys)
 idempotency_key = web.AppKey("idempotency", Idempotency)
+metrics_key = web.AppKey("metrics", Metrics)
 
 principal_key = web.RequestKey("principal", Principal)
 # A request made with an API key has this instead of principal_key (a key is not a user).

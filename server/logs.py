@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import json
 import logging
 import sys
 import time as time_module
+import weakref
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
@@ -65,22 +67,26 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
 
 
+# How long an access line may wait for others to share its write, and how many lines one write carries at most.
+FLUSH_AFTER = 0.1
+FLUSH_LINES = 64
+
+
 class AccessLogger(AbstractAccessLogger):
     """One JSON line per request; the path only, never the query string, which may carry secrets.
 
     The line is the one JsonFormatter would write for the record, but made here and written in batches: through a
-    LogRecord, the formatter's walk over its attributes and a flush per line, each request paid about 30 µs. Lines
-    wait for the end of the event loop's current pass, then go out in one write to the stream of the root logger's
-    handler (configure_logging's), under its lock. With other handlers (a host application's), the record goes
-    through logging as usual.
+    LogRecord, the formatter's walk over its attributes and a write and flush per line, each request paid about
+    30 µs. Lines go to the stream of the root logger's handler (configure_logging's), under its lock, in one write
+    per FLUSH_LINES lines or per FLUSH_AFTER seconds, whichever comes first, and at exit. aiohttp makes an access
+    logger per connection, so the batch is shared by all of them (one per handler). With other handlers (a host
+    application's), the record goes through logging as usual.
     """
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
-        self._handler = _stream_handler(logger)
-        self._pending: list[str] = []
-        self._second = -1
-        self._second_text = ""
+        handler = _stream_handler(logger)
+        self._batch = _LineBatch.of(handler) if handler is not None else None
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         logger = self.logger
@@ -95,11 +101,12 @@ class AccessLogger(AbstractAccessLogger):
             "duration_ms": round(time * 1000, 2),
             "remote": request.remote,
         }
-        if self._handler is None:
+        batch = self._batch
+        if batch is None:
             logger.info("%s %s %s", method, path, status, extra=fields)
             return
         entry: dict[str, Any] = {
-            "time": self._now(),
+            "time": batch.now(),
             "level": "INFO",
             "logger": logger.name,
             "message": f"{method} {path} {status}",
@@ -107,16 +114,46 @@ class AccessLogger(AbstractAccessLogger):
         if fields["request_id"] is None:
             del fields["request_id"]
         entry.update(fields)
-        if not self._pending:
-            try:
-                asyncio.get_running_loop().call_soon(self._flush)
-            except RuntimeError:  # no loop: write at once
-                self._pending.append(_encode(entry))
-                self._flush()
-                return
-        self._pending.append(_encode(entry))
+        batch.add(_encode(entry))
 
-    def _now(self) -> str:
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+class _LineBatch:
+    """Access lines waiting for one write to a handler's stream; one per handler, shared by every access logger."""
+
+    # Every batch, for the flush at exit; each lives as long as its handler, which holds it.
+    _all: ClassVar[weakref.WeakSet[_LineBatch]] = weakref.WeakSet()
+    _flushed_at_exit: ClassVar[bool] = False
+
+    @classmethod
+    def of(cls, handler: logging.StreamHandler[Any]) -> _LineBatch:
+        batch: _LineBatch | None = getattr(handler, "_tidings_access_batch", None)
+        if batch is None:
+            batch = cls(handler)
+            handler._tidings_access_batch = batch  # type: ignore[attr-defined]
+            if not cls._flushed_at_exit:
+                atexit.register(cls.flush_all)
+                cls._flushed_at_exit = True
+            cls._all.add(batch)
+        return batch
+
+    @classmethod
+    def flush_all(cls) -> None:
+        """What is still waiting when the process ends."""
+        for batch in list(cls._all):
+            batch.flush()
+
+    def __init__(self, handler: logging.StreamHandler[Any]) -> None:
+        self._handler = handler
+        self._pending: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._second_text = ""
+
+    def now(self) -> str:
         """The time as JsonFormatter writes it, the part up to the second made once a second."""
         now = time_module.time()
         second = int(now)
@@ -125,11 +162,24 @@ class AccessLogger(AbstractAccessLogger):
             self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         return f"{self._second_text}.{int((now - second) * 1000):03d}+00:00"
 
-    def _flush(self) -> None:
+    def add(self, line: str) -> None:
+        self._pending.append(line)
+        if len(self._pending) >= FLUSH_LINES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
+            except RuntimeError:  # no loop: write at once
+                self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         lines, self._pending = self._pending, []
-        handler = self._handler
-        if not lines or handler is None:
+        if not lines:
             return
+        handler = self._handler
         handler.acquire()
         try:
             handler.stream.write("\n".join(lines) + "\n")
@@ -138,10 +188,6 @@ class AccessLogger(AbstractAccessLogger):
             handler.handleError(logging.makeLogRecord({"msg": "access log lines lost", "levelno": logging.ERROR}))
         finally:
             handler.release()
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
 
 
 def _stream_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:

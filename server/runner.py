@@ -1,6 +1,7 @@
 """How tidings is served: an `AppRunner` whose connections answer requests that aiohttp's HTTP parser refuses with
-the API's JSON error (`TidingsRunner`), and the loop `tidings serve` runs it in (`run`). gunicorn.conf.py uses the
-same runner, so both ways of serving answer alike.
+the API's JSON error (`TidingsRunner`), made with the app's settings by `runner_for`, and the loop `tidings serve`
+runs it in (`run`). Under gunicorn, aiohttp's worker serves the runner that `server.app.gunicorn_runner` returns (its
+documented way to take a runner made by the app), so both ways of serving answer, log and shut down alike.
 
 A request the parser refuses (a header line over 8190 bytes, a garbled request line, bad HTTP) never reaches the app
 or its middlewares: aiohttp answers it from `RequestHandler.handle_error`, the per-connection protocol, with a plain
@@ -24,10 +25,12 @@ from aiohttp import web
 
 from tidings.handlers.middlewares import refused_request_response
 from tidings.server.keys import settings_key
+from tidings.server.logs import AccessLogger
 
 log = logging.getLogger("tidings")
 
-# What `web.run_app` passed to its runner and site unless told otherwise (RequestHandler's own default is longer).
+# Seconds an idle keep-alive connection stays open: what `web.run_app` passes (RequestHandler's own default is
+# longer), and longer than nginx's upstream keepalive_timeout (60 s by default), so that the proxy closes it first.
 KEEPALIVE_TIMEOUT = 75.0
 
 
@@ -85,6 +88,21 @@ class TidingsRunner(web.AppRunner):
         )
 
 
+def runner_for(app: web.Application, *, handle_signals: bool = False) -> TidingsRunner:
+    """The runner that serves `app`, from its settings: the JSON access log (ACCESS_LOG), the listen backlog
+    (LISTEN_BACKLOG), and SHUTDOWN_TIMEOUT for requests in flight once the sockets are closed."""
+    settings = app[settings_key]
+    return TidingsRunner(
+        app,
+        handle_signals=handle_signals,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("tidings.access") if settings.access_log else None,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        shutdown_timeout=settings.shutdown_timeout,
+        backlog=settings.listen_backlog,
+    )
+
+
 async def _serve(runner: web.AppRunner, host: str, port: int, backlog: int) -> None:
     await runner.setup()
     try:
@@ -96,15 +114,12 @@ async def _serve(runner: web.AppRunner, host: str, port: int, backlog: int) -> N
         await runner.cleanup()
 
 
-def run(app: web.Application, host: str, port: int, *, backlog: int | None = None, **runner_options: Any) -> None:
+def run(app: web.Application, host: str, port: int) -> None:
     """Serve `app` on host:port on a uvloop event loop until SIGTERM or SIGINT, then shut down gracefully: what
-    `web.run_app(app, host=..., port=..., backlog=..., loop=uvloop.new_event_loop(), **runner_options)` does, with
-    `TidingsRunner`. `backlog`: the listen queue, by default the app's LISTEN_BACKLOG (aiohttp's own default, 128, is
-    overflowed by a reconnect storm). `runner_options` are AppRunner's (access_log, access_log_class,
-    shutdown_timeout, ...)."""
-    if backlog is None:
-        backlog = app[settings_key].listen_backlog
-    runner = TidingsRunner(app, handle_signals=True, **{"keepalive_timeout": KEEPALIVE_TIMEOUT, **runner_options})
+    `web.run_app(app, host=..., port=..., loop=uvloop.new_event_loop())` does, with `runner_for(app)`, whose listen
+    queue is LISTEN_BACKLOG (aiohttp's own default, 128, is overflowed by a reconnect storm)."""
+    runner = runner_for(app, handle_signals=True)
+    backlog = app[settings_key].listen_backlog
     loop = uvloop.new_event_loop()
     main_task = loop.create_task(_serve(runner, host, port, backlog))
     try:

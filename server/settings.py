@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 Environment = Literal["development", "test", "production"]
 MIN_SECRET_BYTES = 32
+MIN_METRICS_TOKEN_BYTES = 16
 
 
 class SettingsError(ValueError):
@@ -217,6 +218,11 @@ class Settings:
     trust_forwarded_for: bool = False
     log_level: str = "INFO"
     access_log: bool = True
+    # GET /metrics (docs/operations.md): readable from loopback, or with `Authorization: Bearer <metrics_token>`.
+    metrics: bool = True
+    metrics_token: str = field(default="", repr=False)
+    # How often dependencies and job counts are probed for the metrics that sample them.
+    metrics_sample_interval: float = 15.0
     # How long the first response to a request with an Idempotency-Key is kept and replayed (services/idempotency.py).
     idempotency_ttl: float = 86_400.0
 
@@ -318,6 +324,9 @@ class Settings:
             trust_forwarded_for=_bool(env, "TRUST_FORWARDED_FOR", cls.trust_forwarded_for),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
             access_log=_bool(env, "ACCESS_LOG", cls.access_log),
+            metrics=_bool(env, "METRICS", cls.metrics),
+            metrics_token=env.get("METRICS_TOKEN") or "",
+            metrics_sample_interval=_seconds(env, "METRICS_SAMPLE_INTERVAL", cls.metrics_sample_interval),
             idempotency_ttl=_seconds(env, "IDEMPOTENCY_TTL", cls.idempotency_ttl),
             run_worker=_bool(env, "RUN_WORKER", cls.run_worker),
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", cls.worker_concurrency),
@@ -360,6 +369,8 @@ class Settings:
             host, _, port = sentinel.rpartition(":")
             if not host or not port.isdigit():
                 raise SettingsError(f"REDIS_SENTINELS takes host:port items, got {sentinel!r}")
+        if self.metrics_token and len(self.metrics_token.encode()) < MIN_METRICS_TOKEN_BYTES:
+            raise SettingsError(f"METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_BYTES} bytes when it is set")
         if len(self.jwt_secret.encode()) >= MIN_SECRET_BYTES:
             return self
         if self.environment == "production":

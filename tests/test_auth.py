@@ -353,9 +353,9 @@ async def test_failures_from_one_address_are_stopped_across_accounts(make_client
     client, accounts, settings = await make_client(login_failures_per_address=5, login_window_seconds=120)
     insider, victim = await accounts.register(), await accounts.register()
     for index in range(5):
+        await accounts.login(insider["email"])
         response = await client.post(LOGIN, json={"email": f"guess{index}@example.com", "password": "Summer2026!"})
         await error_of(response, 401, "invalid_credentials")
-        await accounts.login(insider["email"])
     for email in (victim["email"], insider["email"]):
         response = await client.post(LOGIN, json={"email": email, "password": PASSWORD})
         error = await error_of(response, 429, "rate_limited")

@@ -37,7 +37,7 @@ from tests.realtime import (
     send_to,
     unread,
 )
-from tidings.server.keys import hub_key, settings_key
+from tidings.server.keys import hub_key, metrics_key, settings_key
 from tidings.server.realtime import hub as hub_module
 from tidings.server.services.notifications import NotificationService
 
@@ -529,6 +529,7 @@ async def test_slow_client_is_dropped_and_others_keep_receiving(make_client: App
         assert got == sent[: len(got)]
         assert len(got) < len(sent)
         assert close_code in (None, 4002)
+        assert client.app[metrics_key].registry.get_sample_value("tidings_websocket_slow_client_closes_total") == 1
     finally:
         slow.close()
 

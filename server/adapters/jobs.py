@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import random
@@ -99,10 +100,21 @@ class Jobs(ABC):
         self.grace = grace
         self.handlers: dict[str, JobHandler] = {}
         self.periodic: list[Periodic] = []
+        # Told the job's name each time a run fails (the metrics count them).
+        self.failure_listeners: list[Callable[[str], None]] = []
         self._stop = asyncio.Event()
 
     def register(self, name: str, handler: JobHandler) -> None:
-        self.handlers[name] = handler
+        @functools.wraps(handler)
+        async def run(**kwargs: Any) -> None:
+            try:
+                await handler(**kwargs)
+            except Exception:
+                for listener in self.failure_listeners:
+                    listener(name)
+                raise
+
+        self.handlers[name] = run
 
     def every(self, name: str, interval: float, handler: Callable[[], Awaitable[None]]) -> None:
         """Run `handler` once per `interval` seconds across all processes (periods are counted from the epoch)."""

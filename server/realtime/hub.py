@@ -41,6 +41,7 @@ from tidings.server.adapters.codecs import (
     decode_auth,
     decode_notifications,
 )
+from tidings.server.adapters.metrics import Metrics
 from tidings.server.adapters.tasks import cancel_and_wait
 from tidings.server.realtime.frames import CloseCode, close_socket, notification_frame
 from tidings.server.services.authenticator import Authenticator, Principal
@@ -113,9 +114,15 @@ class Connection:
 
 class Hub:
     def __init__(
-        self, settings: Settings, broker: Broker, notifications: NotificationService, authenticator: Authenticator
+        self,
+        settings: Settings,
+        broker: Broker,
+        notifications: NotificationService,
+        authenticator: Authenticator,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._broker = broker
         self._notifications = notifications
         self._authenticator = authenticator
@@ -169,12 +176,16 @@ class Hub:
     def track(self, ws: web.WebSocketResponse) -> None:
         """From the upgrade on, so that shutdown closes the socket even before it authenticates."""
         self._sockets.add(ws)
+        self._metrics.socket_opened()
 
     def release(self, ws: web.WebSocketResponse, conn: Connection | None) -> None:
         """The handler is done with the socket, however it ended."""
         if conn is not None:
             self.remove(conn)
-        self._sockets.discard(ws)
+        if ws in self._sockets:
+            self._sockets.discard(ws)
+            # No close code: the connection was lost without a close frame (1006, as RFC 6455 names it).
+            self._metrics.socket_closed(ws.close_code or 1006)
 
     async def open(
         self, ws: web.WebSocketResponse, transport: asyncio.Transport, principal: Principal
@@ -304,13 +315,26 @@ class Hub:
             frame = notification_frame(notification)
             if recipient is None:
                 # Broadcasts reach users who existed when it was sent: ids are ordered by creation.
-                for user_id, conns in list(self._by_user.items()):
-                    if user_id < notification["id"]:
-                        for conn in list(conns):
-                            self.deliver(conn, notification["id"], frame)
+                targets = [
+                    conn
+                    for user_id, conns in list(self._by_user.items())
+                    if user_id < notification["id"]
+                    for conn in conns
+                ]
             else:
-                for conn in list(self._by_user.get(recipient, ())):
-                    self.deliver(conn, notification["id"], frame)
+                targets = list(self._by_user.get(recipient, ()))
+            for conn in targets:
+                self.deliver(conn, notification["id"], frame)
+            if targets:
+                self._lagged(notification)
+
+    def _lagged(self, notification: dict[str, Any]) -> None:
+        """Delivery lag, from the notification's creation to its fan-out here (once per notification)."""
+        try:
+            created = datetime.fromisoformat(notification["created_at"])
+        except (KeyError, TypeError, ValueError):
+            return
+        self._metrics.delivery_lagged(time.time() - created.timestamp())
 
     def deliver(self, conn: Connection, notification_id: str, frame: bytes) -> None:
         """A live frame for this socket: held while it is set up or replayed, dropped if a replay sent it."""
@@ -344,6 +368,7 @@ class Hub:
             self.close(conn, CloseCode.SLOW_CLIENT, "send buffer full; reconnect and resume")
             return
         transport.write(data)
+        self._metrics.delivered(len(frames))
         outage = self._outage.get(conn) if self._outage is not None else None
         for notification_id, _ in frames:
             if outage is not None:
@@ -365,6 +390,7 @@ class Hub:
         `held`: the caller already holds live frames back (conn.pending), since the moment it chose `after`.
         """
         user_oid, after_oid = parse_object_id(conn.user_id), parse_object_id(after)
+        self._metrics.replayed("catch_up" if held else "resume")
         if not held:
             if user_oid is None or after_oid is None:
                 return
@@ -410,6 +436,8 @@ class Hub:
         if conn.closing:
             return
         conn.closing = True
+        if code == CloseCode.SLOW_CLIENT:
+            self._metrics.slow_client_closed()
         self.remove(conn)
         self.spawn(close_socket(conn.ws, conn.transport, code, message, self._settings.ws_close_timeout))
 

@@ -25,6 +25,7 @@ from tidings.server.adapters.codecs import NOTIFY_TOPIC, USER_TOPIC, route_notif
 from tidings.server.adapters.db import upsert
 from tidings.server.adapters.errors import ApiError, NotFound, ValidationFailed
 from tidings.server.adapters.locks import Locks
+from tidings.server.adapters.metrics import Metrics, SenderType
 from tidings.server.adapters.pagination import parse_cursor
 from tidings.server.adapters.tasks import KeyedWork, gather_bounded
 from tidings.server.services.audit import Actor, AuditLog
@@ -203,6 +204,7 @@ class NotificationService:
     read_tallies: ReadTallies
     dispatch_log: DispatchLog
     inbox_pages: InboxPages
+    metrics: Metrics
     # Read-alls set a watermark and leave the notifications to mark one by one here (the app runs it).
     read_cleanup: KeyedWork[PydanticObjectId] = field(init=False)
     # Told of every stored notification once it is published (the unread digests record their candidates).
@@ -335,6 +337,12 @@ class NotificationService:
             await Notification.insert_many(direct)
         await Dispatch.insert_many([item.dispatch for item in ready])
         await self.publish([n for item in ready for n in item.notifications])
+        sender_type: SenderType = "key" if sender is not None and sender.kind == "key" else "user"
+        for item in ready:
+            if item.dispatch.broadcast:
+                self.metrics.count_sent("broadcast", sender_type)
+            else:
+                self.metrics.count_sent("targeted", sender_type, len(item.notifications))
         if sender is not None:
             await self.audit.record_many(
                 sender,

@@ -15,6 +15,7 @@ from tidings.documents.ids import parse_object_id
 from tidings.documents.user import email_key
 from tidings.server.adapters.errors import Forbidden, InvalidCredentials, InvalidToken, TooManyRequests
 from tidings.server.adapters.locks import Locks
+from tidings.server.adapters.metrics import Metrics
 from tidings.server.adapters.ratelimit import RateLimiter
 from tidings.server.adapters.security import InvalidTokenError, Passwords, Tokens
 from tidings.server.services.authenticator import Authenticator, require_admin
@@ -53,6 +54,7 @@ class SessionService:
     limiter: RateLimiter
     authenticator: Authenticator
     locks: Locks
+    metrics: Metrics
 
     async def login(self, email: str, password: str, address: str, user_agent: str | None) -> TokenPair:
         """Check the password (rate-limited per account and per address) and open a session."""
@@ -70,6 +72,18 @@ class SessionService:
         return self.tokens.issue("panel", user_id=str(user.id), session_id=session_id, version=user.token_version)
 
     async def _check_password(self, email: str, password: str, address: str) -> User:
+        try:
+            user = await self._verify(email, password, address)
+        except TooManyRequests:
+            self.metrics.login("rate_limited")
+            raise
+        except InvalidCredentials:
+            self.metrics.login("bad_credentials")
+            raise
+        self.metrics.login("ok")
+        return user
+
+    async def _verify(self, email: str, password: str, address: str) -> User:
         """The one login rule (docs/security.md, "Login limits"): failures are limited per account and per address,
         every attempt only by a much higher per-address ceiling, so that many people behind one address (an office
         behind NAT, every client behind a proxy) can all log in while guessing stays stopped."""

@@ -14,7 +14,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.test_utils import make_mocked_request
 
-from tidings.server.logs import AccessLogger, JsonFormatter, MalformedRequestFilter, request_id_var
+from tidings.server.logs import (
+    FLUSH_AFTER,
+    FLUSH_LINES,
+    AccessLogger,
+    JsonFormatter,
+    MalformedRequestFilter,
+    request_id_var,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -163,8 +170,8 @@ async def test_access_lines_are_what_the_formatter_writes_and_go_out_together() 
     request, response = request_and_response("/api/v1/users/me?token=secret")
     for _ in range(3):
         access.log(request, response, 0.0123)
-    assert stream.getvalue() == ""  # written at the end of the loop's pass, in one write
-    await asyncio.sleep(0)
+    assert stream.getvalue() == ""  # written within FLUSH_AFTER, in one write
+    await asyncio.sleep(FLUSH_AFTER * 2)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3
     entry = json.loads(lines[0])
@@ -200,6 +207,28 @@ async def test_access_lines_go_through_logging_when_other_handlers_listen() -> N
     access.log(*request_and_response("/x"), 0.001)
     assert [r.getMessage() for r in captured] == ["GET /x 204"]
     assert json.loads(stream.getvalue())["path"] == "/x"
+
+
+async def test_access_loggers_of_all_connections_share_one_write() -> None:
+    # aiohttp makes an access logger per connection: their lines still go out together, at FLUSH_LINES at once.
+    stream = io.StringIO()
+    first, logger = access_logger(stream)
+    loggers = [first, *(AccessLogger(logger, "") for _ in range(FLUSH_LINES - 1))]
+    writes: list[str] = []
+
+    class CountingStream(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return super().write(text)
+
+    handler = logging.getLogger(f"{LOGGER}.access_root_{id(stream)}").handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(CountingStream())
+    for access in loggers[:-1]:
+        access.log(*request_and_response("/z"), 0.001)
+    assert writes == []
+    loggers[-1].log(*request_and_response("/z"), 0.001)
+    assert len(writes) == 1 and writes[0].count("\n") == FLUSH_LINES
 
 
 def test_access_lines_outside_a_loop_are_written_at_once() -> None:

@@ -148,7 +148,7 @@ def test_integers_are_read(variable: str) -> None:
     assert getattr(settings, INT_VARIABLES[variable]) == value
 
 
-@pytest.mark.parametrize("variable", ["TRUST_FORWARDED_FOR", "ACCESS_LOG"])
+@pytest.mark.parametrize("variable", ["TRUST_FORWARDED_FOR", "ACCESS_LOG", "METRICS"])
 @pytest.mark.parametrize("value", ["maybe", "2", "y", "enabled"])
 def test_malformed_booleans_are_refused(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=f"{variable} must be a boolean"):
@@ -160,6 +160,20 @@ def test_malformed_booleans_are_refused(variable: str, value: str) -> None:
 )
 def test_booleans_are_read(value: str, expected: bool) -> None:
     assert Settings.from_env({"JWT_SECRET": SECRET, "TRUST_FORWARDED_FOR": value}).trust_forwarded_for is expected
+
+
+def test_metrics_settings_are_read() -> None:
+    settings = Settings.from_env(
+        {"JWT_SECRET": SECRET, "METRICS": "0", "METRICS_TOKEN": "t" * 16, "METRICS_SAMPLE_INTERVAL": "2.5"}
+    )
+    assert (settings.metrics, settings.metrics_token, settings.metrics_sample_interval) == (False, "t" * 16, 2.5)
+    assert "t" * 16 not in repr(settings)
+    assert Settings.from_env({"JWT_SECRET": SECRET}).metrics is True
+
+
+def test_a_short_metrics_token_is_refused() -> None:
+    with pytest.raises(SettingsError, match="METRICS_TOKEN must be at least 16 bytes"):
+        Settings.from_env({"JWT_SECRET": SECRET, "METRICS_TOKEN": "short"})
 
 
 @pytest.mark.parametrize("environment", ["prod", "Production", "staging", ""])
