@@ -183,9 +183,13 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int  # socket errors, timeouts and non-2xx/3xx responses
+    max_ms: float = float("nan")  # the slowest request
 
     def __str__(self) -> str:
-        return f"{self.requests_per_second:9.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
+        return (
+            f"{self.requests_per_second:9.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms  "
+            f"max {self.max_ms:7.2f} ms"
+        )
 
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -212,7 +216,10 @@ def parse_wrk(output: str) -> WrkResult:
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if non_2xx:
         errors += int(non_2xx.group(1))
-    return WrkResult(float(rps.group(1)), int(total.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), errors)
+    # "Latency   avg   stdev   max   +/- stdev"
+    latency = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", output, re.MULTILINE)
+    slowest = _ms(latency.group(1)) if latency else float("nan")
+    return WrkResult(float(rps.group(1)), int(total.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), errors, slowest)
 
 
 def wrk(url: str, *, threads: int, connections: int, seconds: int, headers: Sequence[str] = ()) -> WrkResult:

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import sys
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from aiohttp import web
@@ -147,7 +147,7 @@ def test_other_server_errors_keep_their_traceback() -> None:
     assert record.exc_info is not None
 
 
-def access_logger(stream: io.StringIO) -> tuple[AccessLogger, logging.Logger]:
+def access_logger(stream: IO[str]) -> tuple[AccessLogger, logging.Logger]:
     """An access logger whose records reach one JSON handler writing to `stream` (as configure_logging sets up)."""
     root = logging.getLogger(f"{LOGGER}.access_root_{id(stream)}")
     root.propagate = False
