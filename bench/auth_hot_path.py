@@ -1,6 +1,6 @@
 """The authenticated hot path: GET /api/v1/users/me on one tidings process vs a bare aiohttp handler, with wrk.
 
-    .venv/bin/python bench/auth_hot_path.py [--rounds 3] [--seconds 10] [--connections 64] [--threads 2]
+    .venv/bin/python bench/auth_hot_path.py [--rounds 5] [--seconds 10] [--connections 64] [--threads 1] [--no-pin]
 
 Starts, each in its own process: the bare app (bench/bare_app.py: uvloop, no middlewares, no access log) and three
 tidings servers, each with its own fresh database and Redis prefix: the defaults (JSON access log and metrics on),
@@ -22,6 +22,7 @@ deletes the Redis keys and stops the processes. Exit status 1 when the revocatio
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ from bench.common import (
 from tests.launcher import Isolation, ServerProcess
 
 PATH = f"{API}/users/me"
+# With --pin (the default on 2 CPUs or more): every server on CPU 0, wrk on CPU 1, so that the server and the load
+# generator do not take turns on one core, which moved results by 30% between identical runs.
+SERVER_CPUS, WRK_CPUS = {0}, {1}
 TARGET_RATIO = 0.70
 TARGET_METRICS_COST = 0.05
 TARGET_ACCESS_LOG_US = 25.0
@@ -76,6 +80,7 @@ def measure(server: ServerProcess, token: str, args: argparse.Namespace, seconds
         connections=args.connections,
         seconds=seconds or args.seconds,
         headers=[f"Authorization: Bearer {token}"],
+        cpus=WRK_CPUS if args.pin else None,
     )
     used = cpu_seconds(server.pid) - before
     return Measured(result, used / max(result.requests, 1) * 1e6)
@@ -112,6 +117,12 @@ def row(name: str, measured: Measured, bare: Measured | None) -> str:
     return f"  {name:<22} {measured.wrk}  ratio {ratio}  cpu {measured.cpu_us_per_request:6.1f} us/req{errors}"
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of the process (the runtime may have started some) onto `cpus`; threads started later inherit."""
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(thread), cpus)
+
+
 def verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
@@ -134,6 +145,8 @@ async def run(args: argparse.Namespace) -> int:
         log(f"starting processes (logs in {log_dir})")
         for server in servers:
             await server.launch()
+            if args.pin:
+                pin(server.pid, SERVER_CPUS)
         accounts: dict[str, Account] = {}
         async with aiohttp.ClientSession() as session:
             for server in variants:
@@ -145,9 +158,10 @@ async def run(args: argparse.Namespace) -> int:
                 if status != 200:
                     raise RuntimeError(f"{server.name}: GET {PATH} answered {status}")
         load = load_average()
+        pinned = f"servers on CPU {SERVER_CPUS}, wrk on CPU {WRK_CPUS}" if args.pin else "not pinned"
         print(
             f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, GET {PATH} with a valid bearer token; "
-            f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+            f"{pinned}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
         )
         for server in servers:  # warm-up, not reported
             measure(server, accounts[server.name].access_token, args, seconds=2)
@@ -214,10 +228,14 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    pinnable = len(os.sched_getaffinity(0)) >= 2
+    parser.add_argument("--threads", type=int, default=1 if pinnable else 2)
+    parser.add_argument(
+        "--pin", action=argparse.BooleanOptionalAction, default=pinnable, help="servers on CPU 0, wrk on CPU 1"
+    )
     args = parser.parse_args()
     sys.exit(uvloop.run(run(args)))
 

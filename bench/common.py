@@ -222,13 +222,28 @@ def parse_wrk(output: str) -> WrkResult:
     return WrkResult(float(rps.group(1)), int(total.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), errors, slowest)
 
 
-def wrk(url: str, *, threads: int, connections: int, seconds: int, headers: Sequence[str] = ()) -> WrkResult:
+def wrk(
+    url: str,
+    *,
+    threads: int,
+    connections: int,
+    seconds: int,
+    headers: Sequence[str] = (),
+    cpus: set[int] | None = None,
+) -> WrkResult:
+    """Run wrk against `url`; with `cpus`, wrk runs on those CPUs only (the server on the others)."""
     executable = shutil.which("wrk") or "/usr/bin/wrk"
     argv = [executable, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for header in headers:
         argv += ["-H", header]
     result = subprocess.run(
-        [*argv, url], capture_output=True, text=True, timeout=seconds + 30, check=False, stdin=subprocess.DEVNULL
+        [*argv, url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     if result.returncode != 0:
         raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr}")

@@ -10,6 +10,7 @@ import logging
 import sys
 import time as time_module
 import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -19,8 +20,8 @@ from aiohttp.web import BaseRequest, StreamResponse
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
-# One encoder for every access line: json.dumps with an argument builds a new one per call.
-_encode = json.JSONEncoder(default=str).encode
+# JSON's string escaping, in C, as json.dumps applies it (ASCII only, as json.dumps writes by default).
+_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -87,34 +88,33 @@ class AccessLogger(AbstractAccessLogger):
         super().__init__(logger, log_format)
         handler = _stream_handler(logger)
         self._batch = _LineBatch.of(handler) if handler is not None else None
+        self._logger_json = _string(logger.name)
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
         method, path, status = request.method, request.path, response.status
-        fields = {
-            "request_id": response.headers.get("X-Request-ID"),
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(time * 1000, 2),
-            "remote": request.remote,
-        }
+        request_id = response.headers.get("X-Request-ID")
+        duration_ms = round(time * 1000, 2)
+        remote = request.remote
         batch = self._batch
         if batch is None:
+            fields = {"method": method, "path": path, "status": status, "duration_ms": duration_ms, "remote": remote}
+            if request_id is not None:
+                fields["request_id"] = request_id
             logger.info("%s %s %s", method, path, status, extra=fields)
             return
-        entry: dict[str, Any] = {
-            "time": batch.now(),
-            "level": "INFO",
-            "logger": logger.name,
-            "message": f"{method} {path} {status}",
-        }
-        if fields["request_id"] is None:
-            del fields["request_id"]
-        entry.update(fields)
-        batch.add(_encode(entry))
+        # The JSON object JsonFormatter would write, in its key order, formatted directly: each string through
+        # json's own escaping (the path and the id come from the client), the numbers as json writes them.
+        method_json, path_json = _string(method), _string(path)
+        batch.add(
+            f'{{"time": "{batch.now()}", "level": "INFO", "logger": {self._logger_json}, '
+            f'"message": {_string(f"{method} {path} {status}")}, '
+            + (f'"request_id": {_string(request_id)}, ' if request_id is not None else "")
+            + f'"method": {method_json}, "path": {path_json}, "status": {status}, '
+            f'"duration_ms": {duration_ms!r}, "remote": {"null" if remote is None else _string(remote)}}}'
+        )
 
     @property
     def enabled(self) -> bool:

@@ -193,6 +193,34 @@ async def test_access_lines_are_what_the_formatter_writes_and_go_out_together() 
     assert set(via_logging) - {"level", "logger", "time"} == set(entry) - {"level", "logger"}
 
 
+@pytest.mark.parametrize("path", ['/a"b\\c', "/caf\u00e9/\u2603", "/tab\there/\x01", "/" + "x" * 300])
+async def test_an_access_line_is_byte_for_byte_what_json_dumps_writes(path: str) -> None:
+    # The line is formatted directly, not through json.dumps: same bytes, whatever the client put in the path.
+    stream = io.StringIO()
+    access, logger = access_logger(stream)
+    request = make_mocked_request("POST", path)
+    access.log(request, web.Response(status=201, headers={"X-Request-ID": 'id"1'}), 0.000125)
+    access.log(request, web.Response(status=500), 1.5)
+    await asyncio.sleep(FLUSH_AFTER * 2)
+    first, second = stream.getvalue().splitlines()
+    for line, extra in ((first, {"request_id": 'id"1'}), (second, {})):
+        entry = json.loads(line)
+        status = 201 if extra else 500
+        expected = {
+            "time": entry["time"],
+            "level": "INFO",
+            "logger": logger.name,
+            "message": f"POST {request.path} {status}",
+            **extra,
+            "method": "POST",
+            "path": request.path,
+            "status": status,
+            "duration_ms": 0.12 if extra else 1500.0,
+            "remote": None,
+        }
+        assert line == json.dumps(expected)
+
+
 async def test_access_lines_go_through_logging_when_other_handlers_listen() -> None:
     stream = io.StringIO()
     access, logger = access_logger(stream)
