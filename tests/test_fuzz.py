@@ -204,8 +204,9 @@ async def register(session: ClientSession, email: str, username: str) -> str:
 async def served() -> AsyncIterator[Served]:
     """The app on a free port, with an admin (promoted in the database, as conftest's Accounts does), another user
     and a notification to the admin."""
-    # Login's per-address limit would answer most of the fuzzer's logins 429 before looking at them.
-    app_settings = make_settings(login_attempts_per_address=1_000_000)
+    # Login's per-address limits (attempts and failures) would answer most of the fuzzer's logins 429 before looking
+    # at them.
+    app_settings = make_settings(login_attempts_per_address=1_000_000, login_failures_per_address=1_000_000)
     runner = web.AppRunner(create_app(app_settings))
     await runner.setup()
     try:
