@@ -90,23 +90,38 @@ class TidingsRunner(web.AppRunner):
         )
 
 
-async def frozen_heap_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Once the app has started, keep what start-up made (modules, models, the app and its services: about 100,000
-    objects) out of the garbage collector's full collections. A full collection walks every tracked object with the
-    event loop stopped: about 60 ms here, every few tens of seconds under load, which was the largest stall of the
-    hot path (docs/performance.md). Frozen objects are never collected, which is right for what lives as long as the
-    process."""
+# Allocations (net) between young collections, then young collections per middle one, middle ones per full one.
+# CPython's defaults are 700, 10, 10.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+async def garbage_collector_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Once the app has started: freeze what start-up made, and collect garbage less often.
+
+    - A full collection walks every tracked object with the event loop stopped: with the ~100,000 objects start-up
+      made (modules, models, the app and its services), about 60 ms, every few tens of seconds under load, which was
+      the largest stall of the hot path. `gc.freeze()` keeps them out of every later collection (they live as long
+      as the process anyway).
+    - A reconnect storm makes long-lived objects fast (10,000 sockets and their state), and at CPython's default
+      thresholds the collector walked them over and over: a 10,000-socket storm took 16.8-17.0 s of the server's
+      CPU, against 11.1-12.4 s with these thresholds (docs/scaling.md). Cyclic garbage waits a little longer for
+      its collection; what is not cyclic is freed at once, by reference counting, as before.
+    """
     gc.collect()
     gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
     yield
+    gc.set_threshold(*thresholds)
     gc.unfreeze()
 
 
 def runner_for(app: web.Application, *, handle_signals: bool = False) -> TidingsRunner:
     """The runner that serves `app`, from its settings: the JSON access log (ACCESS_LOG), the listen backlog
-    (LISTEN_BACKLOG), and SHUTDOWN_TIMEOUT for requests in flight once the sockets are closed. The heap start-up
-    made is frozen once the app has started (`frozen_heap_ctx`): serving processes only, not apps under test."""
-    app.cleanup_ctx.append(frozen_heap_ctx)
+    (LISTEN_BACKLOG), and SHUTDOWN_TIMEOUT for requests in flight once the sockets are closed. The garbage
+    collector is tuned once the app has started (`garbage_collector_ctx`): serving processes only, not apps under
+    test."""
+    app.cleanup_ctx.append(garbage_collector_ctx)
     settings = app[settings_key]
     return TidingsRunner(
         app,
