@@ -68,6 +68,8 @@ setup(
             "requests>=2.22,<3",
             # A real SMTP server for the mail tests (tests/mail.py).
             "aiosmtpd>=1.4,<2",
+            # tests/test_metrics.py reads the alert rules.
+            "PyYAML>=6,<7",
         ],
         "dev": [
             "ruff>=0.8",
