@@ -11,6 +11,7 @@ from typing import Any
 
 import jwt
 from aiohttp import ClientResponse
+from prometheus_client.parser import text_string_to_metric_families
 
 from tidings.server.adapters.security import AUDIENCES, ISSUER
 
@@ -150,3 +151,15 @@ class TcpProxy:
                 sink.write(data)
                 await sink.drain()
         sink.close()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """A /metrics answer's samples, by name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

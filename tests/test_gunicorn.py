@@ -21,12 +21,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PASSWORD, drop_test_data, make_settings
+from tests.helpers import metric_samples
 from tests.launcher import HOST, ServerProcess, free_port, settings_env
+from tests.live_server import LiveServer
 from tests.realtime import TIMEOUT
-from tidings.server.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
@@ -86,13 +86,8 @@ def worker_serving(master: int, server_port: int, client_port: int) -> int | Non
 
 
 @dataclass
-class Deployment:
-    settings: Settings
-    process: ServerProcess
-
-    @property
-    def url(self) -> str:
-        return self.process.url
+class Deployment(LiveServer):
+    """A LiveServer whose process is gunicorn's master, with its workers."""
 
     @property
     def master(self) -> int:
@@ -228,14 +223,6 @@ def bearer(user: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {user['token']}"}
 
 
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 async def open_sockets_on_both(
     deployment: Deployment, session: aiohttp.ClientSession, user: dict[str, str], count: int
 ) -> dict[int, list[aiohttp.ClientWebSocketResponse]]:
@@ -287,7 +274,7 @@ async def test_two_workers_share_fan_out_login_limits_and_metrics(tmp_path: Path
                 # The open-socket gauge sums the workers.
                 status, body = await first.request("GET", "/metrics")
                 assert status == 200
-                assert samples(body.decode())[("tidings_websocket_connections", frozenset())] == len(sockets)
+                assert metric_samples(body.decode())[("tidings_websocket_connections", frozenset())] == len(sockets)
                 for ws in sockets:
                     await ws.close()
 
@@ -312,7 +299,7 @@ async def test_two_workers_share_fan_out_login_limits_and_metrics(tmp_path: Path
             for via in (first, second):
                 status, body = await via.request("GET", "/metrics")
                 assert status == 200
-                values = samples(body.decode())
+                values = metric_samples(body.decode())
                 assert values[live] == 7
                 bad = ("tidings_login_attempts_total", frozenset({"result": "bad_credentials"}.items()))
                 limited = ("tidings_login_attempts_total", frozenset({"result": "rate_limited"}.items()))

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PASSWORD, Accounts, AppFactory
-from tests.helpers import API, error_of
+from tests.helpers import API, Samples, error_of, metric_samples
 from tests.realtime import TIMEOUT, next_of, pong, ready, send, send_to
 from tidings.server.keys import jobs_key, metrics_key
 
@@ -30,22 +30,12 @@ DASHBOARD = REPO / "deploy" / "grafana" / "tidings.json"
 WS = f"{API}/ws"
 FIXED_NAMES = ("tidings_http_requests_total", "tidings_http_request_duration_seconds", "tidings_websocket_connections")
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 async def scrape(client: TestClient[Any, Any], **headers: str) -> str:
     response = await client.get("/metrics", headers=headers)
     assert response.status == 200, await response.text()
     assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     return await response.text()
-
-
-def samples_of(text: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -56,7 +46,7 @@ async def eventually(client: TestClient[Any, Any], check: Callable[[Samples], bo
     """Scrape until `check` holds (a count that follows an event the test cannot await), for at most TIMEOUT."""
     deadline = time.monotonic() + TIMEOUT
     while True:
-        samples = samples_of(await scrape(client))
+        samples = metric_samples(await scrape(client))
         if check(samples):
             return samples
         assert time.monotonic() < deadline, "the metrics never showed the expected value"
@@ -124,7 +114,7 @@ async def test_requests_are_counted_by_route_template_never_the_raw_path(
     assert (await client.get(f"{API}/users/me", headers=me.headers)).status == 200
     text = await scrape(client)
     assert secret_looking not in text
-    samples = samples_of(text)
+    samples = metric_samples(text)
     route = {"method": "GET", "route": f"{API}/users/{{user_id}}"}
     assert value(samples, "tidings_http_requests_total", status="404", **route) == 1
     assert value(samples, "tidings_http_requests_total", method="GET", route="<unmatched>", status="404") == 1
@@ -141,7 +131,7 @@ async def test_sockets_deliveries_lag_and_replays(client: TestClient[Any, Any], 
     admin, user = await accounts.user(admin=True), await accounts.user()
     async with client.ws_connect(WS, headers=user.headers) as ws:
         await ready(ws)
-        samples = samples_of(await scrape(client))
+        samples = metric_samples(await scrape(client))
         assert value(samples, "tidings_websocket_connections") == 1
         first = await send_to(client, admin, user)
         await next_of(ws, "notification")
@@ -161,7 +151,7 @@ async def test_sockets_deliveries_lag_and_replays(client: TestClient[Any, Any], 
         replayed = [(await next_of(ws, "notification"))["notification"]["id"] for _ in range(2)]
         assert replayed[-1] == missed["id"]
         await pong(ws)
-        samples = samples_of(await scrape(client))
+        samples = metric_samples(await scrape(client))
     assert value(samples, "tidings_notifications_sent_total", kind="targeted", sender="user") == 2
     assert value(samples, "tidings_notifications_sent_total", kind="broadcast", sender="user") == 1
     assert value(samples, "tidings_notifications_sent_total", kind="targeted", sender="key") == 0
@@ -181,7 +171,7 @@ async def test_an_api_key_send_is_counted_as_a_key(client: TestClient[Any, Any],
     body = {"title": "t", "body": "b", "user_ids": [user.id, admin.id]}
     response = await client.post(f"{API}/notifications", json=body, headers={"Authorization": f"Bearer {key}"})
     assert response.status == 201, await response.text()
-    samples = samples_of(await scrape(client))
+    samples = metric_samples(await scrape(client))
     assert value(samples, "tidings_notifications_sent_total", kind="targeted", sender="key") == 2
 
 
@@ -194,7 +184,7 @@ async def test_login_attempts_by_result(make_client: AppFactory) -> None:
         await client.post(login, json={"email": user["email"], "password": "wrong"}), 401, "invalid_credentials"
     )
     await error_of(await client.post(login, json={"email": user["email"], "password": PASSWORD}), 429, "rate_limited")
-    samples = samples_of(await scrape(client))
+    samples = metric_samples(await scrape(client))
     for result in ("ok", "bad_credentials", "rate_limited"):
         assert value(samples, "tidings_login_attempts_total", result=result) == 1, result
 
