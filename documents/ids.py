@@ -23,6 +23,12 @@ def parse_object_id(value: object) -> PydanticObjectId | None:
         return None
 
 
+def id_floor(seconds: float) -> str:
+    """The lowest id of that second, as 24 hex digits: what str(ObjectId.from_datetime(...)) gives, without the
+    datetime arithmetic (a socket's start position, made for every socket of a reconnect storm)."""
+    return f"{int(seconds):08x}0000000000000000"
+
+
 def new_id() -> PydanticObjectId:
     """An ObjectId ordered by creation to the microsecond, across processes, and strictly within one.
 

@@ -9,11 +9,17 @@ With an `epoch`, a caller may also join a read that has started, as long as the 
 started (and not None): for a reader whose results are trusted until something says they changed, like a cache that
 an invalidation bumps the epoch of (server/services/authenticator.py). Such a caller gets what the cache would have
 given it had the read finished a moment earlier.
+
+Slots are served by rank, then in order of arrival: a reader whose reads finish what a client already started (a
+replay asked for after "ready") ranks before one whose reads start something new (a "ready"), so that under a storm
+each socket is done soon after it started, instead of every socket waiting for the last one's start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -21,16 +27,55 @@ Key = TypeVar("Key", bound=Hashable)
 Value = TypeVar("Value")
 
 
+class Slots:
+    """A semaphore whose waiters are served by rank (lowest first), then first come, first served."""
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError("at least one slot")
+        self._free = count
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._arrivals = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return sum(not waiter.done() for _, _, waiter in self._waiters)
+
+    async def acquire(self, rank: int = 0) -> None:
+        if self._free > 0:
+            self._free -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (rank, next(self._arrivals), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # the slot came just as the waiter gave up: hand it on
+            raise
+
+    def release(self) -> None:
+        """Hand the slot to the first waiter by rank, or free it."""
+        while self._waiters:
+            _, _, granted = heapq.heappop(self._waiters)
+            if not granted.done():  # a waiter that gave up left a cancelled future
+                granted.set_result(None)
+                return
+        self._free += 1
+
+
 class Coalescer(Generic[Key, Value]):
     def __init__(
         self,
         read: Callable[[Key], Awaitable[Value]],
-        slots: asyncio.Semaphore,
+        slots: Slots,
         *,
+        rank: int = 0,
         epoch: Callable[[], Hashable | None] | None = None,
     ) -> None:
         self._read = read
         self._slots = slots
+        self._rank = rank
         self._epoch = epoch
         self._waiting: dict[Key, asyncio.Future[Value]] = {}
         # With an epoch: the read in flight per key, and the epoch it started in.
@@ -63,13 +108,16 @@ class Coalescer(Generic[Key, Value]):
 
     async def _run(self, key: Key, shared: asyncio.Future[Value]) -> None:
         try:
-            async with self._slots:
+            await self._slots.acquire(self._rank)
+            try:
                 if self._waiting.get(key) is shared:
                     del self._waiting[key]  # started: later callers make a read of their own (or join it, below)
                 epoch = self._epoch() if self._epoch is not None else None
                 if epoch is not None:
                     self._started[key] = (epoch, shared)
                 value = await self._read(key)
+            finally:
+                self._slots.release()
         except BaseException as exc:
             if self._waiting.get(key) is shared:
                 del self._waiting[key]

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -40,6 +40,18 @@ def text_frame(payload: bytes) -> bytes:
 
 def notification_frame(notification: dict[str, Any]) -> bytes:
     return text_frame(json.dumps({"type": "notification", "notification": notification}).encode())
+
+
+class Framed(NamedTuple):
+    """A notification as the API shows it, with its frame: made once for every socket it is written to."""
+
+    notification: dict[str, Any]
+    frame: bytes
+
+    @property
+    def id(self) -> str:
+        notification_id: str = self.notification["id"]
+        return notification_id
 
 
 async def close_socket(

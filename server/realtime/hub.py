@@ -30,9 +30,9 @@ from beanie import PydanticObjectId
 from bson import ObjectId
 
 from tidings.documents.clock import utcnow
-from tidings.documents.ids import parse_object_id
+from tidings.documents.ids import id_floor, parse_object_id
 from tidings.server.adapters.broker import Broker, Held
-from tidings.server.adapters.coalesce import Coalescer
+from tidings.server.adapters.coalesce import Coalescer, Slots
 from tidings.server.adapters.codecs import (
     AUTH_TOPIC,
     NOTIFY_TOPIC,
@@ -43,7 +43,7 @@ from tidings.server.adapters.codecs import (
 )
 from tidings.server.adapters.metrics import Metrics
 from tidings.server.adapters.tasks import cancel_and_wait
-from tidings.server.realtime.frames import CloseCode, close_socket, notification_frame
+from tidings.server.realtime.frames import CloseCode, Framed, close_socket, notification_frame
 from tidings.server.services.authenticator import Authenticator, Principal
 from tidings.server.services.notifications import NotificationService
 from tidings.server.settings import Settings
@@ -133,13 +133,15 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._seen: OrderedDict[str, None] = OrderedDict()
         # Reads for sockets (ready's unread count, replays) take one of these slots, so a storm of them is paced
-        # and the API keeps its share of MongoDB; while they wait, sockets of one user share one read.
-        read_slots = asyncio.Semaphore(settings.replay_concurrency)
+        # and the API keeps its share of MongoDB; while they wait, sockets of one user share one read. Replays go
+        # first: a socket that is "ready" is finished before another is started, and its replay reuses the read
+        # state that its "ready" read a moment before (RecentReadStates) instead of reading it again.
+        read_slots = Slots(settings.replay_concurrency)
         self._unread: Coalescer[PydanticObjectId, int] = Coalescer(
-            lambda user: notifications.unread_count(user), read_slots
+            lambda user: notifications.unread_count(user), read_slots, rank=1
         )
-        self._missed: Coalescer[tuple[PydanticObjectId, PydanticObjectId], list[dict[str, Any]]] = Coalescer(
-            lambda key: notifications.after(key[0], key[1], REPLAY_BATCH), read_slots
+        self._missed: Coalescer[tuple[PydanticObjectId, PydanticObjectId], list[Framed]] = Coalescer(
+            self._read_missed, read_slots, rank=0
         )
         broker.subscribe(NOTIFY_TOPIC, self._on_notify)  # broadcasts
         broker.route(USER_TOPIC, self._on_notify)  # the users this process holds sockets of
@@ -202,7 +204,7 @@ class Hub:
             principal.session_id,
             principal.token_version,
             principal.token_expires_at,
-            start_id=str(ObjectId.from_datetime(datetime.now(UTC))),
+            start_id=id_floor(time.time()),
         )
         conn.pending = []  # held until "ready" is written
         subscribed = self._add(conn)
@@ -226,7 +228,13 @@ class Hub:
         self.go_live(conn)
         return conn
 
-    async def _window(self, conn: Connection, user_oid: PydanticObjectId) -> list[dict[str, Any]]:
+    async def _read_missed(self, key: tuple[PydanticObjectId, PydanticObjectId]) -> list[Framed]:
+        """A batch of what a user missed after an id, each with its frame: made once for all the user's sockets
+        that share the read."""
+        batch = await self._notifications.after(key[0], key[1], REPLAY_BATCH)
+        return [Framed(n, notification_frame(n)) for n in batch]
+
+    async def _window(self, conn: Connection, user_oid: PydanticObjectId) -> list[Framed]:
         """What was published for the user between the socket's registration and its channel's subscription taking
         effect: the direct notifications made since it registered (a subscription confirmed after a read would
         leave a gap; this read starts once it is confirmed).
@@ -240,23 +248,24 @@ class Hub:
             # Nothing numbered for the user since (one Redis read): nothing published either, as a send numbers
             # first. This spares a reconnect storm a MongoDB read per user.
             return []
-        missed: list[dict[str, Any]] = []
+        missed: list[Framed] = []
         while True:
             batch = await self._missed.get((user_oid, after_oid))
-            for notification in batch:
+            for framed in batch:
+                notification = framed.notification
                 created = datetime.fromisoformat(notification["created_at"])
                 if not notification["broadcast"] and (created.replace(tzinfo=created.tzinfo or UTC)) >= conn.opened_at:
-                    missed.append(notification)
+                    missed.append(framed)
             if len(batch) < REPLAY_BATCH:
                 return missed
-            next_oid = parse_object_id(batch[-1]["id"])
+            next_oid = parse_object_id(batch[-1].id)
             assert next_oid is not None
             after_oid = next_oid
 
-    def _fill_window(self, conn: Connection, missed: list[dict[str, Any]]) -> None:
+    def _fill_window(self, conn: Connection, missed: list[Framed]) -> None:
         """Send the window's notifications that are not among the live frames held meanwhile, before those."""
         held = {notification_id for notification_id, _ in conn.pending or ()}
-        frames = [(n["id"], notification_frame(n)) for n in missed if n["id"] not in held]
+        frames = [(framed.id, framed.frame) for framed in missed if framed.id not in held]
         self._write_all(conn, frames)
         self._remember_replayed(conn, [notification_id for notification_id, _ in frames])
 
@@ -405,15 +414,15 @@ class Hub:
             while user_oid is not None and after_oid is not None and not conn.closing:
                 batch = await self._missed.get((user_oid, after_oid))
                 frames: list[tuple[str, bytes]] = []
-                for notification in batch:
-                    if notification["id"] not in sent:
-                        frames.append((notification["id"], notification_frame(notification)))
-                        sent.add(notification["id"])
-                        replayed.append(notification["id"])
+                for framed in batch:
+                    if framed.id not in sent:
+                        frames.append((framed.id, framed.frame))
+                        sent.add(framed.id)
+                        replayed.append(framed.id)
                 self._write_all(conn, frames)
                 if len(batch) < REPLAY_BATCH:
                     break
-                next_oid = parse_object_id(batch[-1]["id"])
+                next_oid = parse_object_id(batch[-1].id)
                 assert next_oid is not None
                 after_oid = next_oid
             conn.pending = [(nid, frame) for nid, frame in conn.pending or [] if nid not in sent]
@@ -424,7 +433,7 @@ class Hub:
     @staticmethod
     def _remember_replayed(conn: Connection, replayed: list[str]) -> None:
         """Keep the newest replayed ids whose live frames may still come, so that they are not sent twice."""
-        horizon = str(ObjectId.from_datetime(datetime.fromtimestamp(time.time() - REPLAYED_MEMORY_SECONDS, UTC)))
+        horizon = id_floor(time.time() - REPLAYED_MEMORY_SECONDS)
         recent = [nid for nid in replayed[-MAX_REPLAYED_REMEMBERED:] if nid > horizon]
         if conn.replayed is not None and time.monotonic() <= conn.replayed[0]:
             recent.extend(conn.replayed[1])

@@ -15,7 +15,6 @@ it any more.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ from typing import Any, Literal, TypeVar
 from tidings.documents import Session, User
 from tidings.documents.ids import parse_object_id
 from tidings.server.adapters.broker import Broker
-from tidings.server.adapters.coalesce import Coalescer
+from tidings.server.adapters.coalesce import Coalescer, Slots
 from tidings.server.adapters.codecs import AUTH_TOPIC, AuthChange, MalformedMessage, decode_auth, encode_auth
 from tidings.server.adapters.errors import Forbidden, InvalidToken
 from tidings.server.adapters.security import Claims, InvalidTokenError, Tokens, TokenType
@@ -114,7 +113,7 @@ class Authenticator:
         self._sessions: dict[str, float] = {}  # live session id -> its expiry
         # Bumped by every invalidation, so a read that raced with one is not cached.
         self._generation = 0
-        slots = asyncio.Semaphore(read_slots)
+        slots = Slots(read_slots)
         self._user_reads: Coalescer[str, tuple[int, User | None]] = Coalescer(
             self._read_user, slots, epoch=self._read_epoch
         )

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 from beanie import PydanticObjectId
+from bson import ObjectId
 
 from tidings.documents import ids
-from tidings.documents.ids import new_id, parse_object_id
+from tidings.documents.ids import id_floor, new_id, parse_object_id
 
 pytestmark = pytest.mark.unit
 
@@ -100,3 +101,9 @@ def test_new_id_keeps_increasing_when_the_clock_goes_back(monkeypatch: pytest.Mo
     assert second > first
     # The ids still name the later of the two times, not the clock's step back.
     assert second.generation_time == first.generation_time
+
+
+@pytest.mark.parametrize("seconds", [0.0, 1.999, 1_796_289_563.58, 2**32 - 1.5])
+def test_id_floor_is_the_lowest_id_of_its_second(seconds: float) -> None:
+    expected = str(ObjectId.from_datetime(datetime.fromtimestamp(seconds, UTC)))
+    assert id_floor(seconds) == expected
