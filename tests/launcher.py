@@ -43,6 +43,7 @@ FERRETDB = ROOT / ".cache" / "bin" / "ferretdb-v1.24.2"
 # Starts the project's services; it also makes and drops the PostgreSQL databases of test FerretDBs.
 SERVICES = ROOT / "scripts" / "services.sh"
 FERRETDB_BACKEND = os.environ.get("FERRETDB_BACKEND") or "postgresql"
+FERRETDB_GOGC = "400"  # scripts/services.sh's default (docs/scaling.md)
 START_TIMEOUT = 60.0  # a cold start imports a lot; every wait ends as soon as the server answers
 STOP_TIMEOUT = 15.0
 CLI_TIMEOUT = 60.0
@@ -289,9 +290,12 @@ class ServiceProcess:
     `start` returns once the service answers; every wait is bounded.
     """
 
-    def __init__(self, name: str, argv: Sequence[str], log_dir: Path, port: int) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_dir: Path, port: int, env: Mapping[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = [*argv]
+        self.env = dict(env) if env is not None else None
         self.port = port
         self.log = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -309,7 +313,12 @@ class ServiceProcess:
         assert not self.running, f"{self.name} is running already"
         with self.log.open("ab") as log:  # appended: a restart keeps the earlier lines
             self.process = subprocess.Popen(  # noqa: S603 - our own command line
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while not self.answers():
@@ -437,7 +446,9 @@ class FerretDBProcess(ServiceProcess):
         argv = [*batch, str(FERRETDB), "-listen", f"{HOST}:{port}", "-log-level", "warn"]
         if backend == "sqlite":
             argv += ["-handler", "sqlite", "-data", str(data_dir)]
-        super().__init__(name, argv, log_dir, port)
+        # Go's collector as scripts/services.sh sets it for the project's FerretDB.
+        env = {**os.environ, "GOGC": os.environ.get("GOGC", FERRETDB_GOGC)}
+        super().__init__(name, argv, log_dir, port, env)
 
     @staticmethod
     def installed() -> bool:
