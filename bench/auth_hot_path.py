@@ -5,8 +5,9 @@
 Starts, each in its own process: the bare app (bench/bare_app.py: uvloop, no middlewares, no access log) and three
 tidings servers, each with its own fresh database and Redis prefix: the defaults (JSON access log and metrics on),
 METRICS=0 and ACCESS_LOG=0. Registers and logs in a user through the API, then, in every round, runs wrk with the
-same Authorization header against the four, one after the other. Prints requests/s, the ratio to the bare app,
-wrk's p50, p99 and max latency and the server's CPU time per request, then checks the targets (docs/performance.md):
+same Authorization header against the four, one after the other, each round starting with the next one (so that no
+server always runs right after the same other). Prints requests/s, the ratio to the bare app, wrk's p50, p99 and max
+latency and the server's CPU time per request, then checks the targets (docs/performance.md):
 
 - the defaults hold at least 0.7x of the bare app's requests/s;
 - metrics cost at most 5% of the requests/s (defaults against METRICS=0);
@@ -167,8 +168,13 @@ async def run(args: argparse.Namespace) -> int:
             measure(server, accounts[server.name].access_token, args, seconds=2)
         per_server: dict[str, list[Measured]] = {server.name: [] for server in servers}
         for round_number in range(1, args.rounds + 1):
-            results = {server.name: measure(server, accounts[server.name].access_token, args) for server in servers}
-            print(f"round {round_number} (load average {load_average()[0]:.2f})")
+            # Each round starts with the next server, so that none always runs right after the same one.
+            shift = (round_number - 1) % len(servers)
+            order = servers[shift:] + servers[:shift]
+            measured_now = {server.name: measure(server, accounts[server.name].access_token, args) for server in order}
+            results = {server.name: measured_now[server.name] for server in servers}
+            first = names[order[0].name]
+            print(f"round {round_number} (load average {load_average()[0]:.2f}; {first} ran first)")
             for name, measured in results.items():
                 per_server[name].append(measured)
                 print(row(names[name], measured, None if name == bare.name else results[bare.name]))
