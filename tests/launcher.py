@@ -447,7 +447,7 @@ class FerretDBProcess(ServiceProcess):
         if backend == "sqlite":
             argv += ["-handler", "sqlite", "-data", str(data_dir)]
         # Go's collector as scripts/services.sh sets it for the project's FerretDB.
-        env = {**os.environ, "GOGC": os.environ.get("GOGC", FERRETDB_GOGC)}
+        env = {"GOGC": FERRETDB_GOGC, **os.environ}
         super().__init__(name, argv, log_dir, port, env)
 
     @staticmethod

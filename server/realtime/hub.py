@@ -27,7 +27,6 @@ from typing import Any
 
 from aiohttp import web
 from beanie import PydanticObjectId
-from bson import ObjectId
 
 from tidings.documents.clock import utcnow
 from tidings.documents.ids import id_floor, parse_object_id
@@ -243,7 +242,7 @@ class Hub:
         to the millisecond; a notification made before the socket registered is the client's to read (its unread
         count, its inbox, a resume), as it always was.
         """
-        after_oid = PydanticObjectId(ObjectId.from_datetime(conn.opened_at))
+        after_oid = PydanticObjectId(id_floor(conn.opened_at.timestamp()))
         if not await self._notifications.numbered_since(user_oid, after_oid):
             # Nothing numbered for the user since (one Redis read): nothing published either, as a send numbers
             # first. This spares a reconnect storm a MongoDB read per user.
