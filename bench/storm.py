@@ -1062,7 +1062,8 @@ async def tidings_storm(
         "ACCESS_TOKEN_TTL": str(TOKEN_TTL),
         **dict(args.server_env),
     }
-    server = tidings_server("tidings-storm", isolation, log_dir, **extra)
+    # The JSON access log on, as a user has it (--server-env ACCESS_LOG=0 turns it off).
+    server = tidings_server("tidings-storm", isolation, log_dir, access_log=True, **extra)
     figures.before["server_env"] = extra
     mongo: AsyncMongoClient[Doc] = AsyncMongoClient(isolation.mongodb_url, tz_aware=True)
     workers: list[Worker] = []
@@ -1377,7 +1378,8 @@ def server_description(args: argparse.Namespace) -> str:
         f"{defaults.access_token_ttl}), cheap password hashing and login rate limits lifted (set-up only); "
         + ", ".join(f"{name}={value}" for name, value in shown.items())
         + (" (--server-env)" if given else "")
-        + ", ACCESS_LOG=0 and every other setting at its default"
+        + ("" if "ACCESS_LOG" in given else ", ACCESS_LOG=1 (the JSON access log, as by default)")
+        + " and every other setting at its default"
     )
 
 
